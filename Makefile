@@ -1,0 +1,39 @@
+# Mailroom: `make run` starts the app, `make test` runs every test.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint env bench help
+
+help:
+	@echo "make run    - install, migrate, and start web, worker and beat on 127.0.0.1:5000"
+	@echo "make test   - install everything the tests need and run them all"
+	@echo "make lint   - ruff and mypy"
+	@echo "make env    - write a .env with fresh SECRET_KEY and ENCRYPTION_KEYS (kept if present)"
+	@echo "make bench  - connector throughput benchmark against a local Dovecot"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+	$(PY) launcher.py --write-env-only
+
+run: $(STAMP)
+	$(PY) launcher.py
+
+test: $(STAMP)
+	./scripts/install-system-packages.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+bench: $(STAMP)
+	./scripts/install-system-packages.sh
+	$(PY) -m benchmarks.connector_throughput

@@ -1,0 +1,152 @@
+"""Decoding of Content-Transfer-Encoding into a file, in chunks.
+
+The parsed message keeps each payload as one string. Decoding it in chunks of
+CHUNK_CHARS characters means a large attachment costs that string plus one chunk,
+instead of the extra full copies that ``get_payload(decode=True)`` makes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from typing import BinaryIO
+
+from .headers import raw_header, unfold
+
+CHUNK_CHARS = 1024 * 1024
+
+_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]+")
+_PADDING = re.compile(r"=+")
+_UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+_UNENCODED = frozenset({"", "7bit", "8bit", "binary"})
+
+
+@dataclass
+class DecodeOutcome:
+    """What went wrong while decoding one payload; all false means clean."""
+
+    invalid_base64: bool = False
+    ended_inside_group: bool = False
+    """Base64 data stopped inside a 4-character group without padding. That is the
+    usual sign of a message cut off in transit, though a few encoders omit padding."""
+    unknown_encoding: str | None = None
+
+
+class Base64Decoder:
+    """Streaming base64 decoder that skips invalid characters instead of failing.
+
+    Data after "=" padding starts a new group, so two base64 bodies that a broken
+    encoder glued together both decode.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._pending = ""
+        self.invalid = False
+
+    def feed(self, text: str) -> None:
+        """Decode the complete 4-character groups in ``text`` and keep the rest."""
+        text = text.translate(_WHITESPACE)
+        if _NOT_BASE64.search(text):
+            self.invalid = True
+            text = _NOT_BASE64.sub("", text)
+        data = self._pending + text
+        start = 0
+        for padding in _PADDING.finditer(data):
+            self._write_final_group(data[start : padding.start()])
+            start = padding.end()
+        data = data[start:]
+        usable = len(data) - len(data) % 4
+        if usable:
+            self._out.write(binascii.a2b_base64(data[:usable]))
+        self._pending = data[usable:]
+
+    def close(self) -> bool:
+        """Decode what is left and return True if the data ended inside a group."""
+        ended_inside_group = bool(self._pending)
+        self._write_final_group(self._pending)
+        self._pending = ""
+        return ended_inside_group
+
+    def _write_final_group(self, data: str) -> None:
+        """Decode data that ends a base64 stream, where missing padding is tolerated."""
+        remainder = len(data) % 4
+        if remainder == 1:
+            # One character carries only 6 bits, not a whole byte.
+            self.invalid = True
+            data = data[:-1]
+        elif remainder:
+            data += "=" * (4 - remainder)
+        if data:
+            self._out.write(binascii.a2b_base64(data))
+
+
+def _chunks(text: str) -> Iterator[str]:
+    for start in range(0, len(text), CHUNK_CHARS):
+        yield text[start : start + CHUNK_CHARS]
+
+
+def _write_base64(payload: str, out: BinaryIO, outcome: DecodeOutcome) -> None:
+    decoder = Base64Decoder(out)
+    for chunk in _chunks(payload):
+        decoder.feed(chunk)
+    outcome.ended_inside_group = decoder.close()
+    outcome.invalid_base64 = decoder.invalid
+
+
+def _write_quoted_printable(payload: str, out: BinaryIO) -> None:
+    pending = ""
+    for chunk in _chunks(payload):
+        data = pending + chunk
+        cut = data.rfind("\n") + 1
+        if cut == 0:
+            # A line longer than a chunk: cut anywhere except inside an "=XX" escape.
+            cut = len(data)
+            escape = data.rfind("=", max(len(data) - 2, 0))
+            if escape >= 0:
+                cut = escape
+        out.write(binascii.a2b_qp(data[:cut].encode("ascii", "surrogateescape")))
+        pending = data[cut:]
+    if pending:
+        out.write(binascii.a2b_qp(pending.encode("ascii", "surrogateescape")))
+
+
+def _write_unencoded(payload: str, out: BinaryIO) -> None:
+    for chunk in _chunks(payload):
+        # The parser decoded the bytes as ASCII with surrogate escapes, so this is exact.
+        out.write(chunk.encode("ascii", "surrogateescape"))
+
+
+def transfer_encoding(part: Message) -> str:
+    """Return the part's Content-Transfer-Encoding, lowercased, or "" if none."""
+    value = raw_header(part, "content-transfer-encoding")
+    return unfold(value).strip().lower() if value else ""
+
+
+def write_payload(part: Message, out: BinaryIO) -> DecodeOutcome:
+    """Decode the transfer encoding of a non-multipart part into ``out``.
+
+    An unknown transfer encoding is written undecoded and named in the outcome.
+    """
+    outcome = DecodeOutcome()
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return outcome
+
+    encoding = transfer_encoding(part)
+    if encoding == "base64":
+        _write_base64(payload, out, outcome)
+    elif encoding == "quoted-printable":
+        _write_quoted_printable(payload, out)
+    elif encoding in _UUENCODE:
+        # Rare enough that decoding the whole payload in memory is acceptable.
+        out.write(part.get_payload(decode=True) or b"")
+    else:
+        if encoding not in _UNENCODED:
+            outcome.unknown_encoding = encoding
+        _write_unencoded(payload, out)
+    return outcome

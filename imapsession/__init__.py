@@ -1,0 +1,14 @@
+"""IMAP sessions for connectors: connect, authenticate, fetch in batches, delete."""
+
+from .errors import AuthenticationFailed, MailboxError, TemporaryMailboxError
+from .session import FetchedMessage, ImapSettings, MailboxSession, open_mailbox
+
+__all__ = [
+    "AuthenticationFailed",
+    "FetchedMessage",
+    "ImapSettings",
+    "MailboxError",
+    "MailboxSession",
+    "TemporaryMailboxError",
+    "open_mailbox",
+]

@@ -1,0 +1,6 @@
+"""The connector run: from a mailbox folder to committed jobs and deleted mail."""
+
+from .context import IntakeContext
+from .run import RunOutcome, run_connector
+
+__all__ = ["IntakeContext", "RunOutcome", "run_connector"]

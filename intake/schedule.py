@@ -1,0 +1,44 @@
+"""Which connectors are due, claimed so that each tick enqueues a run once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from models import Connector
+
+
+def next_run_after(interval_minutes: int, now: datetime) -> datetime:
+    return now + timedelta(minutes=interval_minutes)
+
+
+def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> list[int]:
+    """Move every due connector's ``next_run_at`` forward and return their ids.
+
+    Each claim is a compare-and-set on the old ``next_run_at``, so two beats,
+    or a tick that overlaps a slow one, never claim the same run twice. The
+    caller enqueues the returned ids after this commits.
+    """
+    due = session.execute(
+        sa.select(Connector.id, Connector.next_run_at, Connector.interval_minutes)
+        .where(
+            Connector.active.is_(True),
+            Connector.next_run_at.is_not(None),
+            Connector.next_run_at <= now,
+        )
+        .order_by(Connector.next_run_at)
+        .limit(limit)
+    ).all()
+    claimed = []
+    for connector_id, due_at, interval in due:
+        result = session.execute(
+            sa.update(Connector)
+            .where(Connector.id == connector_id, Connector.next_run_at == due_at)
+            .values(next_run_at=next_run_after(interval, now))
+        )
+        if result.rowcount == 1:
+            claimed.append(connector_id)
+    session.commit()
+    return claimed

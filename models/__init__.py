@@ -1,0 +1,45 @@
+"""SQLAlchemy models. This package imports nothing else of the application."""
+
+from .base import Base, UTCDateTime, utcnow
+from .connectors import (
+    Aggregation,
+    AuthMethod,
+    Connector,
+    ConnectorRun,
+    JobKind,
+    RunProblem,
+    RunStatus,
+    connector_target_languages,
+)
+from .jobs import Job, JobFile, LedgerState, ProcessedMessage, job_target_languages
+from .mail_accounts import MailAccount, OAuthState, TokenStatus
+from .reference import BudgetCode, Client, Language, Service, Specialization
+from .users import User
+
+__all__ = [
+    "Aggregation",
+    "AuthMethod",
+    "Base",
+    "BudgetCode",
+    "Client",
+    "Connector",
+    "ConnectorRun",
+    "Job",
+    "JobFile",
+    "JobKind",
+    "Language",
+    "LedgerState",
+    "MailAccount",
+    "OAuthState",
+    "ProcessedMessage",
+    "RunProblem",
+    "RunStatus",
+    "Service",
+    "Specialization",
+    "TokenStatus",
+    "UTCDateTime",
+    "User",
+    "connector_target_languages",
+    "job_target_languages",
+    "utcnow",
+]

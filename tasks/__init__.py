@@ -1,0 +1,1 @@
+"""Celery tasks. They take ids, call domain code, and stay thin."""

@@ -1,0 +1,62 @@
+"""Scheduling and running Smart Connectors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from celery import shared_task
+from flask import current_app
+
+from intake import run_connector
+from intake.schedule import claim_due_connectors
+from logconfig import task_id_var
+from runtime import Services
+
+logger = logging.getLogger(__name__)
+
+BEAT_TICK_KEY = "mailroom:beat:last-tick"
+WORKER_DONE_KEY = "mailroom:worker:last-task-done"
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["mailroom"]
+    return services
+
+
+@shared_task(name="mailroom.connectors.enqueue_due", ignore_result=True, time_limit=60)
+def enqueue_due() -> int:
+    """Enqueue a scan for every active connector whose next run is due."""
+    services = _services()
+    now = datetime.now(UTC)
+    with services.db.session() as session:
+        claimed = claim_due_connectors(session, now)
+    # Enqueue only after the claim committed, so a scan never sees old state.
+    for connector_id in claimed:
+        scan.apply_async(args=(connector_id, "schedule"), expires=600)
+    services.redis.set(BEAT_TICK_KEY, str(time.time()))
+    if claimed:
+        logger.info("enqueued %d due connectors: %s", len(claimed), claimed)
+    return len(claimed)
+
+
+@shared_task(
+    name="mailroom.connectors.scan",
+    bind=True,
+    ignore_result=True,
+    # A stuck server must not hold a worker forever; the run lock is renewed
+    # per batch and lapses after ten minutes without progress.
+    soft_time_limit=25 * 60,
+    time_limit=30 * 60,
+)
+def scan(self, connector_id: int, trigger: str = "schedule") -> str | None:  # type: ignore[no-untyped-def]
+    """Run one connector now; skipped if a run of it is already going on."""
+    token = task_id_var.set(self.request.id)
+    try:
+        services = _services()
+        outcome = run_connector(services.intake_context(), connector_id, trigger)
+        services.redis.set(WORKER_DONE_KEY, str(time.time()))
+        return outcome.status.value if outcome else None
+    finally:
+        task_id_var.reset(token)

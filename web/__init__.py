@@ -1,0 +1,78 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from config import Settings, load_settings
+from logconfig import configure_logging
+from runtime import Services, build_services
+
+from .celery_app import celery_init_app
+from .db import close_db_session
+from .extensions import bootstrap, csrf, login_manager, mail
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the app: settings, logging, services, extensions, Celery, views."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_format)
+
+    app = Flask(__name__, template_folder="../templates", static_folder="static")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        BOOTSTRAP_SERVE_LOCAL=True,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=bool(settings.public_url and settings.public_url.startswith("https")),
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        MAILROOM_PUBLIC_URL=settings.public_url,
+    )
+    app.config.update(overrides)
+
+    services = build_services(settings)
+    services.store.ensure()
+    app.extensions["mailroom"] = services
+
+    app.teardown_appcontext(close_db_session)
+    register_extensions(app, services)
+    celery_init_app(app, services)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def register_extensions(app: Flask, services: Services) -> None:
+    bootstrap.init_app(app)
+    csrf.init_app(app)
+    mail.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "warning"
+
+    from models import User
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> User | None:
+        with services.db.session() as session:
+            user = session.get(User, int(user_id))
+            return user if user is not None and user.is_active else None
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import api, auth, connectors, jobs, main, oauth
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(main.bp)
+    app.register_blueprint(connectors.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(api.bp)
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import register
+
+    register(app)
