@@ -8,11 +8,14 @@ outside it. Its display name is reduced to the sanitized base name later.
 from __future__ import annotations
 
 import binascii
+import errno
 import lzma
 import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .models import ExtractionOptions
@@ -29,8 +32,8 @@ _UTF8_NAME_FLAG = 0x800
 _UNICODE_PATH_EXTRA_ID = 0x7075
 _UNIX_SYSTEM = 3
 
-# What zipfile and its decompressors raise on damaged or hostile archives. OSError is
-# handled apart, because only its errno-less form (from bz2) means bad input.
+# Exceptions that zipfile and its decompressors raise on damaged or hostile archives.
+# OSError is handled apart in _rejected_when_unreadable.
 _READ_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
@@ -46,6 +49,24 @@ _READ_ERRORS = (
 
 class ArchiveRejected(Exception):
     """The archive breaks a limit, is encrypted or is damaged, so it stays whole."""
+
+
+@contextmanager
+def _rejected_when_unreadable(message: str) -> Iterator[None]:
+    """Turn errors from reading archive data into ArchiveRejected with ``message``.
+
+    Only two OSError forms come from the archive's content: bz2 raises one without errno
+    on invalid data, and a seek to an offset the archive gives as negative raises EINVAL.
+    Other OSErrors are I/O failures in the work directory and propagate.
+    """
+    try:
+        yield
+    except _READ_ERRORS as error:
+        raise ArchiveRejected(f"{message} ({error})") from error
+    except OSError as error:
+        if error.errno not in (None, errno.EINVAL):
+            raise
+        raise ArchiveRejected(f"{message} ({error})") from error
 
 
 def is_zip(content_type: str, name: str | None) -> bool:
@@ -127,15 +148,9 @@ class ZipUnpacker:
     def unpack(self, path: Path, depth: int = 1) -> None:
         """Unpack the archive at ``path``, raising ArchiveRejected on any limit breach."""
         with path.open("rb") as archive_file:
-            try:
+            with _rejected_when_unreadable("not a readable ZIP archive"):
                 archive = zipfile.ZipFile(archive_file)
                 infos = archive.infolist()
-            except _READ_ERRORS as error:
-                raise ArchiveRejected(f"not a readable ZIP archive ({error})") from error
-            except OSError as error:
-                if error.errno is not None:
-                    raise
-                raise ArchiveRejected(f"not a readable ZIP archive ({error})") from error
             with archive:
                 self._unpack_members(archive, [info for info in infos if not info.is_dir()], depth)
 
@@ -177,20 +192,12 @@ class ZipUnpacker:
         self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, blob: Blob
     ) -> None:
         limit = self._options.zip_max_total_bytes
-        try:
+        with _rejected_when_unreadable(f"member {name!r} is damaged"):
             source = archive.open(info)
-        except _READ_ERRORS as error:
-            raise ArchiveRejected(f"member {name!r} could not be read ({error})") from error
         with source:
             while True:
-                try:
+                with _rejected_when_unreadable(f"member {name!r} is damaged"):
                     chunk = source.read(_COPY_CHUNK_BYTES)
-                except _READ_ERRORS as error:
-                    raise ArchiveRejected(f"member {name!r} is damaged ({error})") from error
-                except OSError as error:
-                    if error.errno is not None:
-                        raise
-                    raise ArchiveRejected(f"member {name!r} is damaged ({error})") from error
                 if not chunk:
                     return
                 self.total_bytes += len(chunk)

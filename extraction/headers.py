@@ -20,6 +20,9 @@ from .models import MessageInfo
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# Characters RFC 2978 allows in charset names. Anything else cannot name a codec, and
+# some values (an embedded NUL) make the codec lookup raise ValueError.
+_CHARSET_NAME = re.compile(r"[A-Za-z0-9!#$%&'+\-^_`{}~.:]+")
 
 
 def raw_header(message: Message, name: str) -> str | None:
@@ -28,9 +31,9 @@ def raw_header(message: Message, name: str) -> str | None:
     Message.get() would wrap a value with 8-bit bytes in a Header object and lose the
     bytes, so this reads the stored values directly.
     """
-    wanted = name.lower()
+    target = name.lower()
     for key, value in message.raw_items():
-        if key.lower() == wanted:
+        if key.lower() == target:
             return value if isinstance(value, str) else str(value)
     return None
 
@@ -72,17 +75,23 @@ def decode_with_charset(data: bytes, charset: str | None, notes: list[str]) -> s
         return bytes_to_text(data)
     codec_name = charset.split("*", 1)[0].strip()
     try:
+        if not _CHARSET_NAME.fullmatch(codec_name):
+            raise LookupError(codec_name)
         return data.decode(codec_name)
     except LookupError:
         notes.append(f"unknown charset {charset!r}, decoded as Latin-1")
         return data.decode("latin-1")
-    except UnicodeDecodeError:
+    except UnicodeError:
         notes.append(f"text is not valid {charset}, unreadable bytes replaced")
+    try:
         return data.decode(codec_name, errors="replace")
+    except UnicodeError:
+        # A few codecs, such as idna, raise even with errors="replace".
+        return data.decode("latin-1")
 
 
 def decode_encoded_words(text: str, notes: list[str]) -> str:
-    """Decode RFC 2047 encoded-words in ``text``, which holds one character per byte.
+    """Decode RFC 2047 encoded-words in ``text``, which contains one character per byte.
 
     Whitespace between two encoded-words is dropped as RFC 2047 requires. Adjacent
     words in the same charset are joined as bytes before decoding, because Outlook

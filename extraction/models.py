@@ -54,9 +54,11 @@ class ExtractionResult:
 class ExtractionOptions:
     """Settings for extract_files.
 
-    ``zip_max_total_bytes`` counts uncompressed bytes over all members of one attached
-    archive, nested archives included. ``zip_max_depth`` 2 unpacks a ZIP inside the
-    attached ZIP but no deeper.
+    The ZIP limits apply to one attached archive together with the archives nested in
+    it. ``zip_max_members`` counts file members at all levels, a nested archive included.
+    ``zip_max_total_bytes`` counts every decompressed byte, so the bytes of a nested
+    archive count once as a member and again as its own members. ``zip_max_depth`` 2
+    unpacks a ZIP inside the attached ZIP but no deeper.
     """
 
     include_inline_images: bool = False

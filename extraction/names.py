@@ -50,7 +50,6 @@ for _extension, _content_type in {
     ".msg": "application/vnd.ms-outlook",
     ".7z": "application/x-7z-compressed",
     ".rar": "application/vnd.rar",
-    ".dat": "application/ms-tnef",
 }.items():
     _MIME_TYPES.add_type(_content_type, _extension)
 
@@ -60,6 +59,7 @@ _PREFERRED_EXTENSIONS = {
     "image/jpeg": ".jpg",
     "text/plain": ".txt",
     "message/rfc822": ".eml",
+    "application/ms-tnef": ".dat",
     "application/vnd.ms-tnef": ".dat",
 }
 
@@ -231,7 +231,7 @@ def _param_text(header_value: str, param: str, notes: list[str]) -> str | None:
     """Decode parameter ``param`` of a raw header value, or return None if absent.
 
     An RFC 2231 value (``filename*=`` or ``filename*0*=`` continuations) wins over a
-    plain one, as RFC 6266 recommends. A plain value may hold RFC 2047 encoded-words,
+    plain one, as RFC 6266 recommends. A plain value may contain RFC 2047 encoded-words,
     which Outlook and Gmail send although RFC 2047 forbids them in quoted strings.
     """
     text = as_latin1_text(unfold(header_value))

@@ -64,10 +64,10 @@ def _check_complete(data: bytes, tnef: TNEF) -> None:
 def _attachment_objects(tnef: TNEF) -> list[_AttachmentObjects]:
     """Group level-2 objects by attachment, the way tnefparse builds its attachments.
 
-    tnefparse starts a new attachment at each attAttachRendData object. The exact
-    attAttachData bytes are taken from here, because tnefparse strips trailing NUL bytes
-    when it takes the data from the MAPI properties, and a ZIP-based Office file ends
-    in NUL bytes.
+    tnefparse (1.4.0) starts a new attachment at each attAttachRendData object. The
+    attAttachData bytes are taken from here because tnefparse replaces them with the
+    MAPI copy of the data when one follows, and it strips trailing NUL bytes from that
+    copy. A ZIP-based Office file usually ends in NUL bytes.
     """
     groups: list[_AttachmentObjects] = []
     for tnef_object in tnef.objects:
@@ -119,7 +119,7 @@ def _unpack(tnef: TNEF, data: bytes | None, depth: int, max_depth: int) -> list[
     for attachment, objects in zip(tnef.attachments, groups, strict=True):
         embedded = getattr(attachment, "embed", None)
         if embedded is not None:
-            # An attached Outlook item is itself TNEF; its attachments are unpacked and
+            # An attached Outlook item is itself TNEF. Its attachments are unpacked and
             # its own text is dropped.
             if depth >= max_depth:
                 raise TnefError(f"Outlook items nested deeper than {max_depth} levels")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
-from typing import BinaryIO
+from typing import Protocol
 
 from .headers import raw_header, unfold
 
@@ -25,9 +25,15 @@ _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 _UNENCODED = frozenset({"", "7bit", "8bit", "binary"})
 
 
+class ByteSink(Protocol):
+    """Anything decoded bytes can be written to: a binary file, BytesIO or a Blob."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 @dataclass
 class DecodeOutcome:
-    """What went wrong while decoding one payload; all false means clean."""
+    """Damage found while decoding one payload. All fields false means a clean payload."""
 
     invalid_base64: bool = False
     ended_inside_group: bool = False
@@ -43,7 +49,7 @@ class Base64Decoder:
     encoder glued together both decode.
     """
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: ByteSink) -> None:
         self._out = out
         self._pending = ""
         self.invalid = False
@@ -90,7 +96,7 @@ def _chunks(text: str) -> Iterator[str]:
         yield text[start : start + CHUNK_CHARS]
 
 
-def _write_base64(payload: str, out: BinaryIO, outcome: DecodeOutcome) -> None:
+def _write_base64(payload: str, out: ByteSink, outcome: DecodeOutcome) -> None:
     decoder = Base64Decoder(out)
     for chunk in _chunks(payload):
         decoder.feed(chunk)
@@ -98,7 +104,7 @@ def _write_base64(payload: str, out: BinaryIO, outcome: DecodeOutcome) -> None:
     outcome.invalid_base64 = decoder.invalid
 
 
-def _write_quoted_printable(payload: str, out: BinaryIO) -> None:
+def _write_quoted_printable(payload: str, out: ByteSink) -> None:
     pending = ""
     for chunk in _chunks(payload):
         data = pending + chunk
@@ -109,16 +115,15 @@ def _write_quoted_printable(payload: str, out: BinaryIO) -> None:
             escape = data.rfind("=", max(len(data) - 2, 0))
             if escape >= 0:
                 cut = escape
-        out.write(binascii.a2b_qp(data[:cut].encode("ascii", "surrogateescape")))
+        out.write(binascii.a2b_qp(data[:cut].encode("ascii")))
         pending = data[cut:]
     if pending:
-        out.write(binascii.a2b_qp(pending.encode("ascii", "surrogateescape")))
+        out.write(binascii.a2b_qp(pending.encode("ascii")))
 
 
-def _write_unencoded(payload: str, out: BinaryIO) -> None:
+def _write_unencoded(payload: str, out: ByteSink) -> None:
     for chunk in _chunks(payload):
-        # The parser decoded the bytes as ASCII with surrogate escapes, so this is exact.
-        out.write(chunk.encode("ascii", "surrogateescape"))
+        out.write(chunk.encode("ascii"))
 
 
 def transfer_encoding(part: Message) -> str:
@@ -127,26 +132,43 @@ def transfer_encoding(part: Message) -> str:
     return unfold(value).strip().lower() if value else ""
 
 
-def write_payload(part: Message, out: BinaryIO) -> DecodeOutcome:
+def payload_text(part: Message) -> str | None:
+    """Return the undecoded payload of a non-multipart part, or None if unavailable.
+
+    get_payload() re-decodes raw 8-bit bytes with the part's charset parameter, and a
+    malformed charset name (one with a NUL, for example) makes it raise ValueError.
+    """
+    try:
+        payload = part.get_payload()
+    except (ValueError, UnicodeError):
+        return None
+    return payload if isinstance(payload, str) else None
+
+
+def write_payload(part: Message, out: ByteSink) -> DecodeOutcome:
     """Decode the transfer encoding of a non-multipart part into ``out``.
 
     An unknown transfer encoding is written undecoded and named in the outcome.
     """
     outcome = DecodeOutcome()
-    payload = part.get_payload()
-    if not isinstance(payload, str):
+    if part.is_multipart():
         return outcome
+    payload = payload_text(part)
 
     encoding = transfer_encoding(part)
-    if encoding == "base64":
+    if encoding not in _UNENCODED | {"base64", "quoted-printable"} | _UUENCODE:
+        outcome.unknown_encoding = encoding
+    if payload is not None and encoding == "base64":
+        # Non-ASCII characters are invalid in base64 whatever their origin.
         _write_base64(payload, out, outcome)
+    elif payload is None or encoding in _UUENCODE or not payload.isascii():
+        # get_payload() re-decodes raw 8-bit bytes with the part's charset, so only
+        # get_payload(decode=True) returns them exactly. It keeps the whole part in
+        # memory, which is acceptable for the rare 8-bit and uuencoded attachments.
+        data = part.get_payload(decode=True)
+        out.write(data if isinstance(data, bytes) else b"")
     elif encoding == "quoted-printable":
         _write_quoted_printable(payload, out)
-    elif encoding in _UUENCODE:
-        # Rare enough that decoding the whole payload in memory is acceptable.
-        out.write(part.get_payload(decode=True) or b"")
     else:
-        if encoding not in _UNENCODED:
-            outcome.unknown_encoding = encoding
         _write_unencoded(payload, out)
     return outcome

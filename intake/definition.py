@@ -58,7 +58,7 @@ def export_connector(connector: Connector) -> dict[str, Any]:
         if connector.person_responsible
         else None,
         "source_language": connector.source_language.code if connector.source_language else None,
-        "target_languages": [language.code for language in connector.target_languages],
+        "target_languages": sorted(language.code for language in connector.target_languages),
         "service": connector.service.name if connector.service else None,
         "specialization": connector.specialization.name if connector.specialization else None,
         "schedule": {"every_minutes": connector.interval_minutes},

@@ -45,20 +45,26 @@ def _redis_answers(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis base URL: TEST_REDIS_URL, the local default, or one we start."""
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-    if _redis_answers(url):
+    """A Redis base URL: TEST_REDIS_URL if set, otherwise a private server.
+
+    A private server per test session keeps parallel test runs from
+    flushing each other's locks and queues.
+    """
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        require(_redis_answers(url), f"Redis does not answer at TEST_REDIS_URL={url}")
         yield url
         return
     binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server is not installed and no Redis answers")
+    require(binary is not None, "redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     url = f"redis://127.0.0.1:{port}"
     deadline = time.monotonic() + 10
     while not _redis_answers(url):
@@ -136,7 +142,9 @@ class MailStack:
 
     def empty_folder(self, user: str = MAILBOX_USER, folder: str = "INBOX") -> None:
         with self.dovecot.master_session(user) as imap:
-            if imap.select(folder)[0] == "OK":
+            status, data = imap.select(folder)
+            # "1:*" is an invalid message set in an empty folder.
+            if status == "OK" and int(data[0]) > 0:
                 imap.store("1:*", "+FLAGS.SILENT", "(\\Deleted)")
                 imap.expunge()
 

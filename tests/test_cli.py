@@ -44,6 +44,7 @@ def test_seed_command(app, services) -> None:
 DEFINITION = """
 name: Contoso legal intake
 type: quote
+active: true
 client: Contoso Legal LLP
 budget_code: CL-LIT
 files_aggregation: batch

@@ -23,6 +23,7 @@ from wtforms import (
     IntegerField,
     PasswordField,
     RadioField,
+    SelectChoice,
     SelectField,
     SelectMultipleField,
     StringField,
@@ -47,14 +48,20 @@ from models import (
     User,
 )
 
-JOB_KIND_CHOICES = [(JobKind.PROJECT.value, "Project"), (JobKind.QUOTE.value, "Quote")]
+JOB_KIND_CHOICES = [
+    SelectChoice(JobKind.PROJECT.value, "Project"),
+    SelectChoice(JobKind.QUOTE.value, "Quote"),
+]
 AGGREGATION_CHOICES = [
-    (Aggregation.SEPARATELY.value, "Process every top level file separately"),
-    (Aggregation.BATCH.value, "Process files in batches"),
+    SelectChoice(Aggregation.SEPARATELY.value, "Process every top level file separately"),
+    SelectChoice(Aggregation.BATCH.value, "Process files in batches"),
 ]
 FILES_LOCATION_EMAIL = "email"
-FILES_LOCATION_CHOICES = [(FILES_LOCATION_EMAIL, "E-mail")]
-AUTH_METHOD_CHOICES = [(AuthMethod.OAUTH2.value, "OAuth2"), (AuthMethod.PASSWORD.value, "Password")]
+FILES_LOCATION_CHOICES = [SelectChoice(FILES_LOCATION_EMAIL, "E-mail")]
+AUTH_METHOD_CHOICES = [
+    SelectChoice(AuthMethod.OAUTH2.value, "OAuth2"),
+    SelectChoice(AuthMethod.PASSWORD.value, "Password"),
+]
 
 MIN_PORT, MAX_PORT = 1, 65535
 MIN_INTERVAL_MINUTES, MAX_INTERVAL_MINUTES = 1, 10080  # 10080 minutes is one week
@@ -152,7 +159,7 @@ class ConnectorForm(FlaskForm):
     provider = SelectField(
         "Provider",
         validate_choice=False,
-        description="The OAuth2 provider that hosts the mailbox.",
+        description="Only for OAuth2: the provider that hosts the mailbox.",
     )
     host = StringField(
         "Host Name",
@@ -180,7 +187,10 @@ class ConnectorForm(FlaskForm):
         filters=[strip_text],
         description="The mailbox login; with OAuth2, the mailbox's e-mail address.",
     )
-    password = PasswordField("Password")
+    password = PasswordField(
+        "Password",
+        description="Only for the Password method. Stored encrypted and never shown again.",
+    )
     folder = StringField(
         "Folder",
         default="INBOX",
@@ -191,10 +201,13 @@ class ConnectorForm(FlaskForm):
     oauth_client_id = StringField(
         "Client Id",
         filters=[strip_text],
-        description="The Client Id of the app registered with the provider.",
+        description="Only for OAuth2: the Client Id of the app registered with the provider.",
     )
     oauth_client_secret = PasswordField(
-        "Client Secret", filters=[strip_text], description="The secret of that app registration."
+        "Client Secret",
+        filters=[strip_text],
+        description="Only for OAuth2: the secret of that app registration. Stored encrypted "
+        "and never shown again.",
     )
 
     person_responsible = SelectField("Person Responsible", validate_choice=False)
@@ -227,29 +240,31 @@ class ConnectorForm(FlaskForm):
     def _load_choices(self) -> None:
         session = self.context.session
         clients = session.execute(sa.select(Client.id, Client.name).order_by(Client.name)).all()
-        self.client.choices = [("", "Choose a client")] + [
-            (str(client_id), name) for client_id, name in clients
+        self.client.choices = [SelectChoice("", "Choose a client")] + [
+            SelectChoice(str(client_id), name) for client_id, name in clients
         ]
         providers = sorted(self.context.providers.values(), key=lambda p: p.label.lower())
-        self.provider.choices = [("", "Choose a provider")] + [(p.key, p.label) for p in providers]
+        self.provider.choices = [SelectChoice("", "Choose a provider")] + [
+            SelectChoice(p.key, p.label) for p in providers
+        ]
         users = session.execute(sa.select(User.id, User.name, User.email).order_by(User.name)).all()
-        self.person_responsible.choices = [("", "Nobody")] + [
-            (str(user_id), f"{name} ({email})") for user_id, name, email in users
+        self.person_responsible.choices = [SelectChoice("", "Nobody")] + [
+            SelectChoice(str(user_id), f"{name} ({email})") for user_id, name, email in users
         ]
         languages = [
-            (str(row.id), str(row))
+            SelectChoice(str(row.id), str(row))
             for row in session.scalars(sa.select(Language).order_by(Language.name))
         ]
-        self.source_language.choices = [("", "Not set")] + languages
+        self.source_language.choices = [SelectChoice("", "Not set")] + languages
         self.target_languages.choices = languages
-        self.service.choices = [("", "Not set")] + [
-            (str(service_id), name)
+        self.service.choices = [SelectChoice("", "Not set")] + [
+            SelectChoice(str(service_id), name)
             for service_id, name in session.execute(
                 sa.select(Service.id, Service.name).order_by(Service.name)
             )
         ]
-        self.specialization.choices = [("", "Not set")] + [
-            (str(specialization_id), name)
+        self.specialization.choices = [SelectChoice("", "Not set")] + [
+            SelectChoice(str(specialization_id), name)
             for specialization_id, name in session.execute(
                 sa.select(Specialization.id, Specialization.name).order_by(Specialization.name)
             )
@@ -272,6 +287,22 @@ class ConnectorForm(FlaskForm):
         for client_id, client_name, code in rows:
             groups.setdefault(client_id, (client_name, []))[1].append(code)
         return [(client_id, name, codes) for client_id, (name, codes) in groups.items()]
+
+    def selected_budget_group(self, groups: list[tuple[int, str, list[str]]]) -> int | None:
+        """Return the client id of the group whose option shows the current budget code.
+
+        A code can occur under several clients, so the chosen client's group wins.
+        None means that no group contains the code.
+        """
+        code = self.budget_code.data
+        if not code:
+            return None
+        holders = [client_id for client_id, _name, codes in groups if code in codes]
+        chosen = str(self.client.data or "")
+        for client_id in holders:
+            if str(client_id) == chosen:
+                return client_id
+        return holders[0] if holders else None
 
     # Properties the template shows ------------------------------------------
 
@@ -619,11 +650,11 @@ def _schedule(connector: Connector, creating: bool, old_interval: int, now: date
         connector.next_run_at = max(now, next_run_after(connector.interval_minutes, base))
 
 
-def _require_choice(field: Field, choices: list[tuple[str, str]]) -> None:
-    labels = " or ".join(label for _, label in choices)
+def _require_choice(field: Field, choices: list[SelectChoice]) -> None:
+    labels = " or ".join(choice.label for choice in choices)
     if not field.data:
         raise ValidationError(f"{field.label.text} is missing; choose {labels}.")
-    if field.data not in {value for value, _ in choices}:
+    if field.data not in {choice.value for choice in choices}:
         raise ValidationError(f'{field.label.text} "{field.data}" is not valid; choose {labels}.')
 
 

@@ -1,0 +1,310 @@
+"""Project and quote pages, file downloads, and the JSON API the forms use."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+import migrations
+from config import Settings
+from models import (
+    AuthMethod,
+    BudgetCode,
+    Client,
+    Connector,
+    Job,
+    JobFile,
+    JobKind,
+    Language,
+    Service,
+    Specialization,
+    User,
+)
+from referencedata import seed
+from web import create_app
+
+START = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    """The app without an app context held open during the test.
+
+    A held context would make every test request share one ``g``, so the
+    CSRF token and the database session would leak from request to request.
+    """
+    migrations.upgrade(settings.database_url)
+    app = create_app(settings, TESTING=True)
+    yield app
+    app.extensions["mailroom"].db.dispose()
+
+
+def add_jobs(services: Any, kind: JobKind, count: int, prefix: str) -> list[int]:
+    """Add ``count`` jobs, each a minute newer than the one before; return their ids."""
+    with services.db.session() as session:
+        client = session.scalars(sa.select(Client).where(Client.name == "Lark Media")).first()
+        client = client or Client(name="Lark Media")
+        jobs = [
+            Job(
+                kind=kind,
+                name=f"{prefix} {number:02d}",
+                client=client,
+                created_at=START + timedelta(minutes=number),
+            )
+            for number in range(1, count + 1)
+        ]
+        session.add_all(jobs)
+        session.commit()
+        return [job.id for job in jobs]
+
+
+def store_file(services: Any, tmp_path: Path, job_id: int, name: str, content: bytes) -> int:
+    source = tmp_path / "upload"
+    source.write_bytes(content)
+    storage_name = services.store.add(source)
+    with services.db.session() as session:
+        stored = JobFile(
+            job_id=job_id,
+            original_name=name,
+            storage_name=storage_name,
+            content_type="application/pdf",
+            size=len(content),
+            sha256="0" * 64,
+        )
+        session.add(stored)
+        session.commit()
+        return stored.id
+
+
+@pytest.fixture
+def full_job(services: Any) -> int:
+    """A project with every field set, made by a connector, with two files."""
+    with services.db.session() as session:
+        seed(session, samples=False)
+        client = Client(name="Kestrel Motors", budget_codes=[BudgetCode(code="KM-MANUALS")])
+        language = {
+            row.code: row
+            for row in session.scalars(
+                sa.select(Language).where(Language.code.in_(["en", "de", "ja"]))
+            )
+        }
+        connector = Connector(
+            name="Kestrel manuals",
+            client=client,
+            host="imap.example.com",
+            username="manuals@example.com",
+            auth_method=AuthMethod.PASSWORD,
+        )
+        job = Job(
+            kind=JobKind.PROJECT,
+            name="Service manual 2026",
+            client=client,
+            budget_code="KM-MANUALS",
+            connector=connector,
+            person_responsible=User(name="Maria Lopez", email="maria.lopez@example.test"),
+            source_language=language["en"],
+            target_languages=[language["de"], language["ja"]],
+            service=session.scalars(sa.select(Service).where(Service.name == "Translation")).one(),
+            specialization=session.scalars(
+                sa.select(Specialization).where(Specialization.name == "Automotive")
+            ).one(),
+            source_sender="Aiko Tanaka <aiko.tanaka@kestrel.test>",
+            source_subject="Manual for translation",
+            source_date=datetime(2026, 1, 9, 16, 30, tzinfo=UTC),
+            source_message_id="<manual-1@kestrel.test>",
+            created_at=START,
+        )
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+# Lists ----------------------------------------------------------------------
+
+
+def job_links(html: str) -> list[str]:
+    return re.findall(r'<a href="/jobs/\d+">([^<]+)</a>', html)
+
+
+def test_project_list_paginates_newest_first(logged_in, services) -> None:
+    add_jobs(services, JobKind.PROJECT, 51, "Project")
+    add_jobs(services, JobKind.QUOTE, 2, "Quote")
+
+    first = logged_in.get("/projects")
+    assert first.status_code == 200
+    names = job_links(first.text)
+    assert len(names) == 50
+    assert names[0] == "Project 51"
+    assert names[-1] == "Project 02"
+    assert "1–50 of 51, newest first." in first.text
+    assert "Page 1 of 2" in first.text
+    assert 'href="/projects?page=2"' in first.text
+
+    second = logged_in.get("/projects?page=2")
+    assert job_links(second.text) == ["Project 01"]
+    assert 'href="/projects?page=1"' in second.text
+
+    assert logged_in.get("/projects?page=3").status_code == 404
+    assert logged_in.get("/projects?page=0").status_code == 404
+
+
+def test_quote_list_shows_only_quotes(logged_in, services) -> None:
+    add_jobs(services, JobKind.PROJECT, 3, "Project")
+    add_jobs(services, JobKind.QUOTE, 2, "Quote")
+    page = logged_in.get("/quotes")
+    assert page.status_code == 200
+    assert job_links(page.text) == ["Quote 02", "Quote 01"]
+    assert "Page 1 of" not in page.text  # one page needs no page links
+
+
+def test_empty_list_says_so(logged_in) -> None:
+    page = logged_in.get("/quotes")
+    assert page.status_code == 200
+    assert "No quotes yet." in page.text
+
+
+def test_list_row_columns(logged_in, services, tmp_path, full_job) -> None:
+    store_file(services, tmp_path, full_job, "manual.pdf", b"%PDF-1.7 one")
+    store_file(services, tmp_path, full_job, "parts.pdf", b"%PDF-1.7 two")
+    page = logged_in.get("/projects")
+    row = page.text.split(f"<td>{full_job}</td>", 1)[1].split("</tr>", 1)[0]
+    assert f'<a href="/jobs/{full_job}">Service manual 2026</a>' in row
+    assert "<td>Kestrel Motors</td>" in row
+    assert "en → de, ja" in row
+    assert "<td>2</td>" in row
+    assert ">Kestrel manuals</a>" in row
+    assert "Aiko Tanaka &lt;aiko.tanaka@kestrel.test&gt;" in row
+    assert "Manual for translation" in row
+    assert "2026-01-09 16:30 UTC" in row
+    assert "2026-01-10 09:00 UTC" in row
+
+
+def test_job_page_shows_all_fields(logged_in, services, tmp_path, full_job) -> None:
+    file_id = store_file(services, tmp_path, full_job, "Übersetzung.pdf", b"%PDF-1.7 x" * 300)
+    page = logged_in.get(f"/jobs/{full_job}")
+    assert page.status_code == 200
+    for text in (
+        "Service manual 2026", "Project", "Kestrel Motors", "KM-MANUALS",
+        "Maria Lopez (maria.lopez@example.test)", "English (en)", "German (de), Japanese (ja)",
+        "Translation", "Automotive", "Kestrel manuals",
+        "Aiko Tanaka &lt;aiko.tanaka@kestrel.test&gt;", "Manual for translation",
+        "2026-01-09 16:30 UTC", "&lt;manual-1@kestrel.test&gt;", "2026-01-10 09:00 UTC",
+        "Übersetzung.pdf", "3.0 kB", 'title="3000 bytes"',
+    ):  # fmt: skip
+        assert text in page.text, text
+    assert f'href="/jobs/{full_job}/files/{file_id}"' in page.text
+
+
+def test_unknown_job_is_404(logged_in) -> None:
+    assert logged_in.get("/jobs/999").status_code == 404
+
+
+def test_anonymous_is_sent_to_login(client, full_job) -> None:
+    for url in ("/projects", "/quotes", f"/jobs/{full_job}"):
+        response = client.get(url)
+        assert response.status_code == 302, url
+        assert response.headers["Location"].startswith("/login?next="), url
+
+
+# Downloads ----------------------------------------------------------------
+
+
+def test_download_sends_file_bytes(logged_in, services, tmp_path, full_job) -> None:
+    content = bytes(range(256)) * 40
+    file_id = store_file(services, tmp_path, full_job, "Übersetzung 1.pdf", content)
+    with logged_in.get(f"/jobs/{full_job}/files/{file_id}") as response:
+        assert response.status_code == 200
+        assert response.data == content
+        assert response.headers["Content-Type"] == "application/pdf"
+        disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith("attachment;")
+    assert "filename*=UTF-8''%C3%9Cbersetzung%201.pdf" in disposition
+
+
+def test_download_of_other_jobs_file_is_404(logged_in, services, tmp_path, full_job) -> None:
+    (other_job,) = add_jobs(services, JobKind.QUOTE, 1, "Other")
+    file_id = store_file(services, tmp_path, full_job, "manual.pdf", b"%PDF")
+    assert logged_in.get(f"/jobs/{other_job}/files/{file_id}").status_code == 404
+    assert logged_in.get(f"/jobs/{full_job}/files/{file_id + 1}").status_code == 404
+
+
+def test_download_missing_from_store_is_404(logged_in, services, tmp_path, full_job) -> None:
+    file_id = store_file(services, tmp_path, full_job, "manual.pdf", b"%PDF")
+    with services.db.session() as session:
+        services.store.remove(session.get(JobFile, file_id).storage_name)
+    assert logged_in.get(f"/jobs/{full_job}/files/{file_id}").status_code == 404
+
+
+# API ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_clients(services: Any) -> None:
+    with services.db.session() as session:
+        for number in range(25):
+            session.add(Client(name=f"Zenith Branch {number:02d}"))
+        session.add(Client(name="Big Zenith AG"))
+        session.add(Client(name="100% Translations"))
+        session.add(Client(name="Under_score Ltd"))
+        session.add(
+            Client(name="Aurora", budget_codes=[BudgetCode(code="B-2"), BudgetCode(code="A-1")])
+        )
+        session.commit()
+
+
+def test_client_search_ignores_case(logged_in, many_clients) -> None:
+    response = logged_in.get("/api/clients?q=AURO")
+    assert response.status_code == 200
+    assert [row["name"] for row in response.json] == ["Aurora"]
+    assert isinstance(response.json[0]["id"], int)
+
+
+def test_client_search_limits_to_20(logged_in, many_clients) -> None:
+    names = [row["name"] for row in logged_in.get("/api/clients?q=zenith").json]
+    assert len(names) == 20
+    assert names[0] == "Zenith Branch 00"  # names that start with the text come first
+    assert "Big Zenith AG" not in names
+
+
+def test_client_search_prefix_first(logged_in, many_clients) -> None:
+    names = [row["name"] for row in logged_in.get("/api/clients?q=zenith ag").json]
+    assert names == ["Big Zenith AG"]
+    names = [row["name"] for row in logged_in.get("/api/clients?q=zenith branch 1").json]
+    assert names == [f"Zenith Branch {number}" for number in range(10, 20)]
+
+
+def test_client_search_treats_wildcards_as_text(logged_in, many_clients) -> None:
+    assert [r["name"] for r in logged_in.get("/api/clients?q=%25").json] == ["100% Translations"]
+    assert [r["name"] for r in logged_in.get("/api/clients?q=r_s").json] == ["Under_score Ltd"]
+
+
+def test_client_search_without_text(logged_in, many_clients) -> None:
+    names = [row["name"] for row in logged_in.get("/api/clients").json]
+    assert names[:3] == ["100% Translations", "Aurora", "Big Zenith AG"]
+    assert len(names) == 20
+
+
+def test_budget_codes_of_client(logged_in, services, many_clients) -> None:
+    with services.db.session() as session:
+        aurora = session.scalars(sa.select(Client.id).where(Client.name == "Aurora")).one()
+        plain = session.scalars(sa.select(Client.id).where(Client.name == "Big Zenith AG")).one()
+    assert logged_in.get(f"/api/clients/{aurora}/budget-codes").json == ["A-1", "B-2"]
+    assert logged_in.get(f"/api/clients/{plain}/budget-codes").json == []
+    missing = logged_in.get("/api/clients/9999/budget-codes")
+    assert missing.status_code == 404
+    assert missing.json == {"error": "Client 9999 does not exist."}
+
+
+def test_api_needs_login(client: FlaskClient, many_clients) -> None:
+    for url in ("/api/clients?q=a", "/api/clients/1/budget-codes"):
+        response = client.get(url)
+        assert response.status_code == 401, url
+        assert response.json == {"error": "Not logged in; log in to Mailroom and try again."}

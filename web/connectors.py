@@ -1,0 +1,305 @@
+"""Smart Connector pages: list, add, edit, show, run now, token consent, delete, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+import yaml
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    url_for,
+)
+from flask_login import current_user, login_required
+from kombu.exceptions import OperationalError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+from werkzeug.wrappers import Response
+
+from intake.definition import export_connector
+from models import AuthMethod, Connector, ConnectorRun, Job, MailAccount, RunProblem, TokenStatus
+from runtime import Services
+from tasks.connectors import scan
+
+from .connector_forms import (
+    ConnectorForm,
+    FormContext,
+    apply_form,
+    duplicate_name_message,
+    initial_data,
+)
+from .db import db_session
+from .forms import EmptyForm
+from .jobs import paginate, requested_page_number
+from .oauth import begin_consent
+from .security import admin_required
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("connectors", __name__, url_prefix="/configuration/integration/smart-connectors")
+
+CONNECTORS_PER_PAGE = 50
+RUNS_SHOWN = 20
+LEFT_MESSAGES_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class LeftMessage:
+    """A message that recent runs could not turn into a job, as the newest run saw it."""
+
+    problem: RunProblem
+    seen_at: datetime
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["mailroom"]
+    return services
+
+
+def _connector_or_404(connector_id: int) -> Connector:
+    connector = db_session().get(Connector, connector_id)
+    if connector is None:
+        abort(404)
+    return connector
+
+
+def _show_url(connector: Connector) -> str:
+    return url_for("connectors.show_connector", connector_id=connector.id)
+
+
+def latest_runs(session: Session, connector_ids: list[int]) -> dict[int, ConnectorRun]:
+    """Return the newest run of each of ``connector_ids`` that has run at least once."""
+    if not connector_ids:
+        return {}
+    newest_ids = (
+        sa.select(sa.func.max(ConnectorRun.id))
+        .where(ConnectorRun.connector_id.in_(connector_ids))
+        .group_by(ConnectorRun.connector_id)
+    )
+    runs = session.scalars(sa.select(ConnectorRun).where(ConnectorRun.id.in_(newest_ids)))
+    return {run.connector_id: run for run in runs}
+
+
+def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
+    """Return the problems of ``run_ids``, one per message, from the newest run that met it.
+
+    A message with a problem stays in the folder, so every later run reports
+    it again; listing each run's copy would bury the other messages.
+    """
+    if not run_ids:
+        return []
+    rows = session.execute(
+        sa.select(RunProblem, ConnectorRun.started_at)
+        .join(RunProblem.run)
+        .where(RunProblem.run_id.in_(run_ids))
+        .order_by(ConnectorRun.started_at.desc(), RunProblem.run_id.desc(), RunProblem.id)
+    ).all()
+    seen: set[str] = set()
+    messages = []
+    for problem, started_at in rows:
+        if problem.message_id:
+            key = f"message-id:{problem.message_id}"
+        elif problem.uid is not None:
+            key = f"uid:{problem.uid}"
+        else:
+            key = f"problem:{problem.id}"
+        if key in seen:
+            continue
+        seen.add(key)
+        messages.append(LeftMessage(problem=problem, seen_at=started_at))
+    return messages[:LEFT_MESSAGES_SHOWN]
+
+
+@bp.get("")
+@login_required
+def list_connectors() -> str:
+    session = db_session()
+    statement = (
+        sa.select(Connector).options(selectinload(Connector.client)).order_by(Connector.name)
+    )
+    page = paginate(session, statement, requested_page_number(), CONNECTORS_PER_PAGE)
+    connectors = [row[0] for row in page.items]
+    return render_template(
+        "connectors/list.html",
+        page=page,
+        connectors=connectors,
+        last_runs=latest_runs(session, [connector.id for connector in connectors]),
+    )
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@admin_required
+def new_connector() -> str | Response:
+    return _form_page(None)
+
+
+@bp.route("/<int:connector_id>/edit", methods=["GET", "POST"])
+@admin_required
+def edit_connector(connector_id: int) -> str | Response:
+    return _form_page(_connector_or_404(connector_id))
+
+
+def _form_page(connector: Connector | None) -> str | Response:
+    """Show the form, or save it and go to the connector page or the provider's consent."""
+    session = db_session()
+    form = ConnectorForm(
+        FormContext(session, _services().providers, connector), data=initial_data(connector)
+    )
+    if form.validate_on_submit():
+        saved = _save(form, connector)
+        if saved is not None:
+            if form.generate_token.data and saved.mail_account is not None:
+                return begin_consent(saved.mail_account, return_to=_show_url(saved))
+            flash(f'Smart Connector "{saved.name}" was saved.', "success")
+            return redirect(_show_url(saved))
+
+    if form.is_submitted():
+        token_account = form.rows.account
+    else:
+        token_account = connector.mail_account if connector else None
+    return render_template(
+        "connectors/form.html",
+        form=form,
+        connector=connector,
+        token_account=token_account,
+        budget_code_groups=form.budget_code_groups(),
+        provider_hosts_json=json.dumps(
+            {key: provider.imap_host or "" for key, provider in _services().providers.items()}
+        ),
+        TokenStatus=TokenStatus,
+    )
+
+
+def _save(form: ConnectorForm, connector: Connector | None) -> Connector | None:
+    """Apply the form and commit; return None with a form error if a concurrent save clashed."""
+    session = form.context.session
+    saved = apply_form(form, connector, _services().box, datetime.now(UTC))
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        logger.warning("saving connector %r failed: %s", form.name.data, exc.orig)
+        taken = session.scalars(
+            sa.select(Connector.id).where(Connector.name == form.name.data)
+        ).first()
+        if taken is not None:
+            form.name.errors.append(duplicate_name_message(form.name.data))
+        else:
+            form.form_errors.append(
+                "Another change was saved at the same time; check the values and click Save again."
+            )
+        return None
+    logger.info("connector %s %r saved by user %s", saved.id, saved.name, current_user.get_id())
+    return saved
+
+
+@bp.get("/<int:connector_id>")
+@login_required
+def show_connector(connector_id: int) -> str:
+    session = db_session()
+    connector = _connector_or_404(connector_id)
+    runs = session.scalars(
+        sa.select(ConnectorRun)
+        .where(ConnectorRun.connector_id == connector.id)
+        .order_by(ConnectorRun.started_at.desc(), ConnectorRun.id.desc())
+        .limit(RUNS_SHOWN)
+    ).all()
+    return render_template(
+        "connectors/show.html",
+        connector=connector,
+        account=connector.mail_account,
+        runs=runs,
+        left_messages=left_messages(session, [run.id for run in runs]),
+        form=EmptyForm(),
+        AuthMethod=AuthMethod,
+        TokenStatus=TokenStatus,
+    )
+
+
+@bp.post("/<int:connector_id>/run")
+@admin_required
+def run_now(connector_id: int) -> Response:
+    connector = _connector_or_404(connector_id)
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    try:
+        scan.delay(connector.id, "manual")
+    except OperationalError as exc:
+        logger.error("queueing a manual run of connector %s failed: %s", connector.id, exc)
+        flash(
+            f"The run could not be queued because the task queue did not respond ({exc}). "
+            "Check that Redis and the worker are running, then click Run now again.",
+            "danger",
+        )
+    else:
+        logger.info("manual run of connector %s queued by user %s", connector.id, current_user.id)
+        flash(
+            f'A run of "{connector.name}" was queued. Reload this page in a moment to see '
+            "its result.",
+            "info",
+        )
+    return redirect(_show_url(connector))
+
+
+@bp.post("/<int:connector_id>/token")
+@admin_required
+def generate_token(connector_id: int) -> Response:
+    connector = _connector_or_404(connector_id)
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    account: MailAccount | None = connector.mail_account
+    if connector.auth_method != AuthMethod.OAUTH2 or account is None:
+        flash(
+            f'"{connector.name}" logs in with a password, so it needs no token. '
+            "Edit it and choose OAuth2 to use a token.",
+            "warning",
+        )
+        return redirect(_show_url(connector))
+    return begin_consent(account, return_to=_show_url(connector))
+
+
+@bp.route("/<int:connector_id>/delete", methods=["GET", "POST"])
+@admin_required
+def delete_connector(connector_id: int) -> str | Response:
+    """Ask for confirmation on GET; delete on POST. Jobs stay and lose their connector link."""
+    session = db_session()
+    connector = _connector_or_404(connector_id)
+    form = EmptyForm()
+    if form.validate_on_submit():
+        name = connector.name
+        session.delete(connector)
+        session.commit()
+        logger.info("connector %s %r deleted by user %s", connector_id, name, current_user.id)
+        flash(
+            f'Smart Connector "{name}" was deleted. Its projects and quotes were kept.', "success"
+        )
+        return redirect(url_for("connectors.list_connectors"))
+    job_count = session.scalar(
+        sa.select(sa.func.count()).select_from(Job).where(Job.connector_id == connector.id)
+    )
+    return render_template(
+        "connectors/delete.html", connector=connector, form=form, job_count=job_count or 0
+    )
+
+
+@bp.get("/<int:connector_id>/export")
+@login_required
+def export(connector_id: int) -> Response:
+    """Download the definition as YAML; it names rows by name or code and holds no secrets."""
+    connector = _connector_or_404(connector_id)
+    text = yaml.safe_dump(export_connector(connector), sort_keys=False, allow_unicode=True)
+    return Response(
+        text,
+        content_type="application/yaml; charset=utf-8",
+        headers={
+            "Content-Disposition": f"attachment; filename=smart-connector-{connector.id}.yaml"
+        },
+    )
