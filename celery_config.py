@@ -21,15 +21,24 @@ task_send_sent_event = True
 timezone = "UTC"
 
 BEAT_TICK_TASK = "mailroom.connectors.enqueue_due"
+OUTBOX_TASK = "mailroom.outbox.dispatch"
+TOKEN_HEALTH_TASK = "mailroom.tokens.check_health"
 
 
 def beat_schedule(tick_seconds: float) -> dict[str, dict[str, object]]:
-    """Beat ticks often and lets the database say which connectors are due."""
+    """Beat ticks often and lets the database say what is due."""
+    # A tick that waited longer than the next one is worthless.
+    expires = {"expires": max(tick_seconds, 1.0)}
     return {
         "enqueue-due-connectors": {
             "task": BEAT_TICK_TASK,
             "schedule": tick_seconds,
-            # A tick that waited longer than the next one is worthless.
-            "options": {"expires": max(tick_seconds, 1.0)},
-        }
+            "options": expires,
+        },
+        "dispatch-outbox": {"task": OUTBOX_TASK, "schedule": tick_seconds, "options": expires},
+        "check-token-health": {
+            "task": TOKEN_HEALTH_TASK,
+            "schedule": 15 * 60.0,
+            "options": {"expires": 15 * 60.0},
+        },
     }

@@ -11,6 +11,7 @@ from database import Database
 from intake import IntakeContext
 from mailauth import Provider, SecretBox, load_providers
 from mailauth.tokens import TokenManager
+from outgoing.mailer import Mailer
 from storage import FileStore
 
 
@@ -23,6 +24,7 @@ class Services:
     providers: dict[str, Provider]
     store: FileStore
     tokens: TokenManager
+    mailer: Mailer
 
     def intake_context(self) -> IntakeContext:
         return IntakeContext(
@@ -47,4 +49,5 @@ def build_services(settings: Settings) -> Services:
     providers = load_providers(settings.oauth_providers)
     store = FileStore(settings.files_root)
     tokens = TokenManager(db, redis_client, box, providers, http_timeout=settings.http_timeout)
-    return Services(settings, db, redis_client, box, providers, store, tokens)
+    mailer = Mailer(box, tokens, timeout=settings.mail_timeout, ca_file=settings.ca_file)
+    return Services(settings, db, redis_client, box, providers, store, tokens, mailer)

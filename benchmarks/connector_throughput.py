@@ -10,9 +10,10 @@ peak RSS leaves out the servers and the message generator of this process.
 Run ``python -m benchmarks.connector_throughput --help`` from the repository root.
 Linux only, because the peak RSS comes from /proc/self/status.
 
-Module-level imports are standard library only: the spawned child of the bare
-pipeline imports this module, and Mailroom's dependencies would add tens of MB
-to its peak RSS. Mailroom modules are imported inside the functions that use them.
+Module-level imports are standard library only, because the spawned child of the
+bare pipeline imports this module and Mailroom's dependencies would add about
+55 MB to its peak RSS. Mailroom modules are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import random
 import re
+import resource
 import secrets
 import shutil
 import ssl
@@ -57,7 +59,7 @@ MAILBOX_PASSWORD = "benchmark-consent-password"
 OAUTH_CLIENT_ID = "mailroom-benchmark"
 OAUTH_CLIENT_SECRET = "mailroom-benchmark-secret"
 PROVIDER_KEY = "local"
-# The consent answer is read from the Location header; nothing ever requests this URL.
+# The consent redirect is read from its Location header, so nothing requests this URL.
 CALLBACK_URL = "http://localhost/home-api/authentication/mail/oauth2/code"
 FOLDER = "INBOX"
 
@@ -97,7 +99,7 @@ class MessageSet:
 
     The bytes depend only on ``seed``, so the bare pipeline gets exactly the
     messages Mailroom got, and another seed gives messages that Mailroom's
-    duplicate check does not recognise.
+    duplicate check does not recognize.
     """
 
     count: int
@@ -137,7 +139,7 @@ def build_message(seed: int, index: int, payload: bytes) -> bytes:
 # Servers
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_responds(url: str) -> bool:
     import redis
 
     try:
@@ -154,12 +156,12 @@ def _redis_answers(url: str) -> bool:
 def private_redis(workdir: Path) -> Iterator[str]:
     """Run a redis-server on a Unix socket in ``workdir`` and yield its URL.
 
-    A socket file needs no TCP port, and nothing outside ``workdir`` can reach it.
+    A socket file needs no TCP port, and mkdtemp makes ``workdir`` private to this user.
     """
     binary = shutil.which("redis-server")
     if binary is None:
         raise BenchmarkError(
-            "redis-server is not installed; install it (Debian: apt-get install redis-server) "
+            "redis-server is not installed. Install it (Debian: apt-get install redis-server) "
             "or pass --redis-url"
         )
     socket_path = workdir / "redis.sock"
@@ -169,12 +171,13 @@ def private_redis(workdir: Path) -> Iterator[str]:
     url = f"unix://{socket_path}"
     try:
         deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while not _redis_answers(url):
+        while not _redis_responds(url):
             if process.poll() is not None:
                 raise BenchmarkError(f"redis-server exited with status {process.returncode}")
             if time.monotonic() > deadline:
                 raise BenchmarkError(
-                    f"redis-server did not answer on {socket_path} within {REDIS_START_TIMEOUT} s"
+                    f"redis-server did not respond to PING on {socket_path} "
+                    f"within {REDIS_START_TIMEOUT} s"
                 )
             time.sleep(0.05)
         logger.info("redis-server pid %d listens on %s", process.pid, socket_path)
@@ -222,7 +225,7 @@ def mailroom_settings(
 
     from config import Settings
 
-    provider = {
+    provider: dict[str, object] = {
         "label": "Local OAuth server",
         "authorization_url": auth.authorization_url,
         "token_url": auth.token_url,
@@ -261,8 +264,8 @@ def create_connector(services: Services, dovecot: Dovecot) -> tuple[int, int]:
     with services.db.session() as session:
         if session.scalar(sa.select(sa.func.count()).select_from(Connector)):
             raise BenchmarkError(
-                f"{shown_url} already has connectors; pass an empty database "
-                "(for PostgreSQL: CREATE DATABASE with a new name)"
+                f"{shown_url} already has connectors. Pass an empty database "
+                "(for PostgreSQL, CREATE DATABASE with a new name)"
             )
         seed(session)
         admin = User(email="benchmark-admin@example.com", name="Benchmark admin", is_admin=True)
@@ -345,7 +348,7 @@ def _allow_on_consent_page(authorization_url: str) -> str:
     with requests.Session() as http:
         page = http.get(authorization_url, allow_redirects=False, timeout=HTTP_TIMEOUT)
         if page.status_code != 200:
-            raise BenchmarkError(f"the consent page answered HTTP {page.status_code}: {page.text}")
+            raise BenchmarkError(f"the consent page returned HTTP {page.status_code}: {page.text}")
         match = _CONSENT_FORM.search(page.text)
         if match is None:
             raise BenchmarkError("the consent page of the local OAuth server has no form")
@@ -369,6 +372,8 @@ class Measurement:
 
     seconds: float
     """Wall time from connecting to the server to the logout after the last delete."""
+    cpu_seconds: float
+    """User plus system CPU time of the child process over the same span, without Dovecot's."""
     messages: int
     """Messages the pipeline deleted from the folder."""
     files: int
@@ -403,6 +408,11 @@ class BareRequest:
     output_dir: str
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss() -> int:
     """Return this process's peak RSS in bytes, read from VmHWM in /proc/self/status.
 
@@ -424,16 +434,18 @@ def run_mailroom(settings: Settings, connector_id: int) -> MailroomRun:
     services = build_services(settings)
     context = services.intake_context()
     rss_before = _peak_rss()
+    cpu_started = _cpu_seconds()
     started = time.perf_counter()
     outcome = run_connector(context, connector_id, "manual")
     seconds = time.perf_counter() - started
+    cpu_seconds = _cpu_seconds() - cpu_started
     peak_rss = _peak_rss()
     services.db.dispose()
     services.redis.close()
     if outcome is None:
         raise BenchmarkError(f"connector {connector_id} did not run: it is missing or locked")
     measurement = Measurement(
-        seconds, outcome.messages_deleted, outcome.jobs_created, rss_before, peak_rss
+        seconds, cpu_seconds, outcome.messages_deleted, outcome.jobs_created, rss_before, peak_rss
     )
     problems = [problem[-1] for problem in outcome.problems]
     return MailroomRun(measurement, outcome.run_id, outcome.status.value, outcome.error, problems)
@@ -444,13 +456,13 @@ def _xoauth2(username: str, access_token: str) -> Callable[[bytes], bytes]:
     answers = [initial]
 
     def answer(challenge: bytes) -> bytes:
-        # A second challenge carries the server's error; an empty reply ends the exchange.
+        # A second challenge contains the server's error, and an empty reply ends the exchange.
         return answers.pop() if answers else b""
 
     return answer
 
 
-def _checked(response: tuple[str, list[Any]], command: str) -> list[Any]:
+def _checked(response: tuple[str, Any], command: str) -> list[Any]:
     status, data = response
     if status != "OK":
         raise BenchmarkError(f"{command} failed: {data!r}")
@@ -464,13 +476,33 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _save_attachments(fetched: list[Any], output_dir: Path) -> int:
+    """Parse each message of a UID FETCH response and save its attachments; count them."""
+    files = 0
+    for item in fetched:
+        if not isinstance(item, tuple):
+            continue
+        match = _FETCH_UID.search(item[0])
+        if match is None:
+            raise BenchmarkError(f"UID FETCH response is missing the UID: {item[0][:200]!r}")
+        uid = match.group(1).decode()
+
+        message = email.message_from_bytes(item[1], policy=email.policy.default)
+        for number, part in enumerate(message.iter_attachments(), start=1):
+            _write_synced(output_dir / f"{uid}-{number}.bin", part.get_content())
+            files += 1
+    return files
+
+
 def run_bare(request: BareRequest) -> Measurement:
     """Fetch, parse, save and delete with the standard library alone, batch by batch."""
     context = ssl.create_default_context(cafile=request.ca_file)
     output_dir = Path(request.output_dir)
     messages = files = 0
     rss_before = _peak_rss()
+    cpu_started = _cpu_seconds()
     started = time.perf_counter()
+
     imap = imaplib.IMAP4_SSL(request.host, request.port, ssl_context=context, timeout=MAIL_TIMEOUT)
     try:
         _checked(
@@ -479,21 +511,12 @@ def run_bare(request: BareRequest) -> Measurement:
         )
         _checked(imap.select(FOLDER), f"SELECT {FOLDER}")
         uids = _checked(imap.uid("SEARCH", "ALL"), "UID SEARCH")[0].split()
+
         for start in range(0, len(uids), request.batch_size):
             batch = uids[start : start + request.batch_size]
             uid_set = b",".join(batch).decode()
-            data = _checked(imap.uid("FETCH", uid_set, "(BODY.PEEK[])"), "UID FETCH")
-            for item in data:
-                if not isinstance(item, tuple):
-                    continue
-                match = _FETCH_UID.search(item[0])
-                if match is None:
-                    raise BenchmarkError(f"UID FETCH response without a UID: {item[0][:200]!r}")
-                message = email.message_from_bytes(item[1], policy=email.policy.default)
-                for number, part in enumerate(message.iter_attachments(), start=1):
-                    name = f"{match.group(1).decode()}-{number}.bin"
-                    _write_synced(output_dir / name, part.get_content())
-                    files += 1
+            fetched = _checked(imap.uid("FETCH", uid_set, "(BODY.PEEK[])"), "UID FETCH")
+            files += _save_attachments(fetched, output_dir)
             _checked(imap.uid("STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
             _checked(imap.uid("EXPUNGE", uid_set), "UID EXPUNGE")
             messages += len(batch)
@@ -501,8 +524,10 @@ def run_bare(request: BareRequest) -> Measurement:
     except BaseException:
         imap.shutdown()
         raise
+
     seconds = time.perf_counter() - started
-    return Measurement(seconds, messages, files, rss_before, _peak_rss())
+    cpu_seconds = _cpu_seconds() - cpu_started
+    return Measurement(seconds, cpu_seconds, messages, files, rss_before, _peak_rss())
 
 
 def in_child_process(function: Callable[..., T], *args: Any) -> T:
@@ -534,6 +559,8 @@ class Report:
     size_kb: int
     batch_size: int
     database: str
+    load_average: tuple[float, float, float]
+    """1, 5 and 15 minute load averages when the benchmark started."""
     largest_message: int = 0
     repetitions: list[Repetition] = field(default_factory=list)
 
@@ -567,7 +594,7 @@ def fill_folder(dovecot: Dovecot, messages: MessageSet) -> None:
 
 
 def check_mailroom(services: Services, run: MailroomRun, count: int) -> int:
-    """Raise unless the run succeeded and made one job per message; return the job count."""
+    """Check that the run succeeded with one job per message, and return the job count."""
     import sqlalchemy as sa
 
     from models import Job
@@ -651,31 +678,54 @@ def _mb(size: int) -> str:
     return f"{size / MB:.1f} MB"
 
 
+_COLUMNS = (
+    "run",
+    "Mailroom s",
+    "Mailroom CPU s",
+    "Mailroom msg/s",
+    "bare s",
+    "bare CPU s",
+    "bare msg/s",
+    "Mailroom/bare",
+    "Mailroom peak RSS",
+    "bare peak RSS",
+)
+
+
+def _table_line(cells: Sequence[str]) -> str:
+    widths = [max(len(title), len("median")) for title in _COLUMNS]
+    return "  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=False))
+
+
 def format_report(report: Report) -> str:
-    header = (
-        f"{'run':>6}  {'Mailroom s':>10}  {'Mailroom msg/s':>14}  {'bare s':>8}  "
-        f"{'bare msg/s':>10}  {'Mailroom/bare':>13}  {'Mailroom peak RSS':>17}  "
-        f"{'bare peak RSS':>13}"
-    )
+    load = ", ".join(f"{value:.2f}" for value in report.load_average)
     lines = [
         f"Connector throughput: {report.messages} messages, largest {report.largest_message:,} "
-        f"bytes, batch size {report.batch_size}, database {report.database}",
-        header,
+        f"bytes, batch size {report.batch_size}, database {report.database}, "
+        f"load average before the run {load}",
+        _table_line(_COLUMNS),
     ]
     for number, repetition in enumerate(report.repetitions, start=1):
         mailroom, bare = repetition.mailroom, repetition.bare
-        lines.append(
-            f"{number:>6}  {mailroom.seconds:>10.2f}  {mailroom.rate:>14.1f}  "
-            f"{bare.seconds:>8.2f}  {bare.rate:>10.1f}  {repetition.ratio:>13.2f}  "
-            f"{_mb(mailroom.peak_rss):>17}  {_mb(bare.peak_rss):>13}"
-        )
+        cells = [
+            str(number),
+            f"{mailroom.seconds:.2f}",
+            f"{mailroom.cpu_seconds:.2f}",
+            f"{mailroom.rate:.1f}",
+            f"{bare.seconds:.2f}",
+            f"{bare.cpu_seconds:.2f}",
+            f"{bare.rate:.1f}",
+            f"{repetition.ratio:.2f}",
+            _mb(mailroom.peak_rss),
+            _mb(bare.peak_rss),
+        ]
+        lines.append(_table_line(cells))
     if len(report.repetitions) > 1:
         mailroom_rate = statistics.median(r.mailroom.rate for r in report.repetitions)
         bare_rate = statistics.median(r.bare.rate for r in report.repetitions)
-        lines.append(
-            f"{'median':>6}  {'':>10}  {mailroom_rate:>14.1f}  {'':>8}  {bare_rate:>10.1f}  "
-            f"{report.median_ratio:>13.2f}"
-        )
+        cells = ["median", "", "", f"{mailroom_rate:.1f}", "", "", f"{bare_rate:.1f}"]
+        lines.append(_table_line([*cells, f"{report.median_ratio:.2f}"]))
+
     first = report.repetitions[0]
     lines.append(
         f"RSS when the run started (interpreter and imports): Mailroom "
@@ -751,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
     that do not add up.
     """
     args = build_parser().parse_args(argv)
+    load_average = os.getloadavg()
 
     from runtime import build_services
 
@@ -770,7 +821,11 @@ def main(argv: Sequence[str] | None = None) -> Report:
         connector_id, account_id = create_connector(services, dovecot)
 
         report = Report(
-            args.messages, args.size_kb, args.batch_size, services.db.engine.dialect.name
+            args.messages,
+            args.size_kb,
+            args.batch_size,
+            services.db.engine.dialect.name,
+            load_average,
         )
         for number in range(1, args.repeat + 1):
             repetition = run_repetition(
@@ -788,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
 
 
 def _cli() -> int:
-    # Progress lines from this module only; the servers and Alembic stay at WARNING.
+    # Only this module logs progress, so the servers and Alembic stay at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     try:

@@ -20,6 +20,9 @@ CHUNK_CHARS = 1024 * 1024
 
 _WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]+")
+_BASE64_ALPHABET = str.maketrans(
+    "", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+)
 _PADDING = re.compile(r"=+")
 _UUENCODE = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 _UNENCODED = frozenset({"", "7bit", "8bit", "binary"})
@@ -57,15 +60,18 @@ class Base64Decoder:
     def feed(self, text: str) -> None:
         """Decode the complete 4-character groups in ``text`` and keep the rest."""
         text = text.translate(_WHITESPACE)
-        if _NOT_BASE64.search(text):
+        # Deleting the alphabet and looking at what is left is several times
+        # faster than a regular expression search over the whole chunk.
+        if text.translate(_BASE64_ALPHABET):
             self.invalid = True
             text = _NOT_BASE64.sub("", text)
         data = self._pending + text
-        start = 0
-        for padding in _PADDING.finditer(data):
-            self._write_final_group(data[start : padding.start()])
-            start = padding.end()
-        data = data[start:]
+        if "=" in data:
+            start = 0
+            for padding in _PADDING.finditer(data):
+                self._write_final_group(data[start : padding.start()])
+                start = padding.end()
+            data = data[start:]
         usable = len(data) - len(data) % 4
         if usable:
             self._out.write(binascii.a2b_base64(data[:usable]))

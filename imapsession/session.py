@@ -150,6 +150,11 @@ def _authenticate(
             imap.login(settings.username, password)
         else:
             raise MailboxError("No password or access token to log in with")
+        # Servers list more capabilities (UIDPLUS, MOVE) once logged in, but
+        # imaplib keeps only the list it read before login.
+        typ, data = imap.capability()
+        if typ == "OK" and data and isinstance(data[-1], bytes):
+            imap.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
     except imaplib.IMAP4.error as exc:
         text = _text(exc.args[0] if exc.args else exc)
         if "UNAVAILABLE" in text or "Temporary" in text:

@@ -20,6 +20,7 @@ from models import (
     LedgerState,
     ProcessedMessage,
 )
+from outgoing import notifications
 from storage import FileStore
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _new_job(
             )
         )
     for extracted in files:
-        storage_name = store.add(extracted.path)
+        storage_name = store.add(extracted.path, sync_directory=False)
         stored.append(storage_name)
         job.files.append(
             JobFile(
@@ -200,6 +201,10 @@ def commit_jobs(
                     state=LedgerState.COMMITTED,
                 )
             )
+        for job in {id(job): job for _, job in jobs}.values():
+            notifications.job_created(session, job)
+        # The files must be durable before the ledger says the jobs exist.
+        store.sync_directories(stored)
         session.commit()
     except BaseException:
         session.rollback()
@@ -232,15 +237,18 @@ def record_duplicate(
 
 
 def find_earlier(
-    session: Session, connector_id: int, content_hash: str, message_id: str | None
-) -> ProcessedMessage | None:
-    query = sa.select(ProcessedMessage).where(
-        ProcessedMessage.connector_id == connector_id,
-        ProcessedMessage.content_hash == content_hash,
+    session: Session, connector_id: int, content_hashes: list[str]
+) -> dict[str, ProcessedMessage]:
+    """Return ledger rows of this connector with one of ``content_hashes``, by hash."""
+    if not content_hashes:
+        return {}
+    rows = session.scalars(
+        sa.select(ProcessedMessage).where(
+            ProcessedMessage.connector_id == connector_id,
+            ProcessedMessage.content_hash.in_(set(content_hashes)),
+        )
     )
-    if message_id is not None:
-        query = query.where(ProcessedMessage.message_id == message_id)
-    return session.scalars(query.limit(1)).first()
+    return {row.content_hash: row for row in rows}
 
 
 def mark_deleted(session: Session, connector_id: int, uidvalidity: int, uids: list[int]) -> None:

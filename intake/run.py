@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from extraction import extract_files
+from extraction import extract_files, parse_message_info
 from imapsession import (
     AuthenticationFailed,
     ImapSettings,
@@ -34,10 +35,12 @@ from models import (
     AuthMethod,
     Connector,
     ConnectorRun,
+    ProcessedMessage,
     RunProblem,
     RunStatus,
     TokenStatus,
 )
+from outgoing import notifications
 
 from .context import IntakeContext
 from .jobs import (
@@ -53,7 +56,7 @@ from .jobs import (
 logger = logging.getLogger(__name__)
 
 # The run lock expires on its own if a worker dies; it is renewed per batch.
-RUN_LOCK_SECONDS = 600
+RUN_LOCK_SECONDS = 300
 
 
 @dataclass
@@ -64,6 +67,8 @@ class RunOutcome:
     jobs_created: int = 0
     messages_deleted: int = 0
     error: str | None = None
+    # False when the failure was already announced another way (consent needed).
+    notify_failure: bool = True
     problems: list[tuple[int | None, str | None, str | None, str | None, str]] = field(
         default_factory=list
     )  # uid, message_id, sender, subject, reason
@@ -135,9 +140,15 @@ def _run(
     workdir = ctx.store.work_root / f"run-{run_id}"
     logger.info("run %s of connector %s started (%s)", run_id, connector_id, trigger)
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         with _login(ctx, settings) as mailbox:
             _process(ctx, settings, run_id, mailbox, outcome, workdir, lock)
         outcome.status = RunStatus.PARTIAL if outcome.problems else RunStatus.SUCCEEDED
+    except ConsentRequired as exc:
+        outcome.status = RunStatus.FAILED
+        outcome.error = str(exc)
+        outcome.notify_failure = False
+        logger.warning("run %s failed: %s", run_id, exc)
     except (MailboxError, TokenError) as exc:
         outcome.status = RunStatus.FAILED
         outcome.error = str(exc)
@@ -176,6 +187,8 @@ def _finish(ctx: IntakeContext, outcome: RunOutcome) -> None:
         run.jobs_created = outcome.jobs_created
         run.messages_deleted = outcome.messages_deleted
         run.error = outcome.error
+        if outcome.status == RunStatus.FAILED and outcome.notify_failure:
+            _notify_failure(session, run, outcome.error or "unknown error")
         for uid, message_id, sender, subject, reason in outcome.problems:
             run.problems.append(
                 RunProblem(
@@ -187,6 +200,21 @@ def _finish(ctx: IntakeContext, outcome: RunOutcome) -> None:
                 )
             )
         session.commit()
+
+
+def _notify_failure(session: Session, run: ConnectorRun, error: str) -> None:
+    """Tell the person responsible when a connector starts failing, not on every run."""
+    previous = session.scalars(
+        sa.select(ConnectorRun.status)
+        .where(ConnectorRun.connector_id == run.connector_id, ConnectorRun.id < run.id)
+        .order_by(ConnectorRun.id.desc())
+        .limit(1)
+    ).first()
+    if previous == RunStatus.FAILED:
+        return
+    connector = session.get(Connector, run.connector_id)
+    if connector is not None:
+        notifications.run_failed(session, connector, run.id, error)
 
 
 def _imap_settings(ctx: IntakeContext, settings: ConnectorSettings) -> ImapSettings:
@@ -252,25 +280,29 @@ def _prepare(
     uidvalidity: int,
     uid: int,
     raw: bytes,
+    earlier_by_hash: dict[str, ProcessedMessage],
     workdir: Path,
     outcome: RunOutcome,
 ) -> PreparedMessage | None:
-    """Extract one message's files; return None when it makes no job now."""
+    """Extract one message's files; return None when it makes no job now.
+
+    A message already turned into a job comes back with no files, so the
+    caller only deletes it.
+    """
     content_hash = hashlib.sha256(raw).hexdigest()
-    message_dir = workdir / f"uid-{uid}"
-    message_dir.mkdir(parents=True, exist_ok=True)
-    result = extract_files(raw, message_dir)
+    earlier = earlier_by_hash.get(content_hash)
+    if earlier is not None:
+        info = parse_message_info(raw)
+        if earlier.message_id is None or earlier.message_id == info.message_id:
+            # Same bytes already made a job, before the folder's UIDVALIDITY changed.
+            logger.info("uid %s repeats an already processed message; deleting only", uid)
+            record_duplicate(session, settings, uidvalidity, uid, earlier)
+            return PreparedMessage(uid=uid, content_hash=content_hash, info=info, files=[])
+
+    result = extract_files(raw, workdir)
     prepared = PreparedMessage(
         uid=uid, content_hash=content_hash, info=result.info, files=result.files
     )
-
-    earlier = find_earlier(session, settings.id, content_hash, result.info.message_id)
-    if earlier is not None:
-        # Same bytes already made a job, before the folder's UIDVALIDITY changed.
-        logger.info("uid %s repeats an already processed message; deleting only", uid)
-        record_duplicate(session, settings, uidvalidity, uid, earlier)
-        return PreparedMessage(uid=uid, content_hash=content_hash, info=result.info, files=[])
-
     if not result.files:
         detail = "; ".join(result.problems)
         reason = "The e-mail has no attachments, so there is nothing to make a job from"
@@ -320,11 +352,16 @@ def _process(
         lock.reacquire()
         prepared: list[PreparedMessage] = []
         duplicates: list[int] = []
+        fetched_batch = mailbox.fetch(batch)
         with ctx.db.session() as session:
-            for fetched in mailbox.fetch(batch):
+            earlier_by_hash = find_earlier(
+                session, settings.id, [hashlib.sha256(f.raw).hexdigest() for f in fetched_batch]
+            )
+            for fetched in fetched_batch:
                 message = _prepare(
-                    session, settings, uidvalidity, fetched.uid, fetched.raw, workdir, outcome
-                )
+                    session, settings, uidvalidity, fetched.uid, fetched.raw, earlier_by_hash,
+                    workdir, outcome,
+                )  # fmt: skip
                 if message is None:
                     continue
                 if not message.files:

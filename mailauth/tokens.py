@@ -12,18 +12,17 @@ from sqlalchemy.orm import Session
 
 from database import Database
 from models import MailAccount, TokenStatus
+from outgoing import notifications
 
 from .client import call_token_endpoint, oauth_session
 from .crypto import SecretBox
-from .errors import ClientConfigError, ConsentRequired, TemporaryTokenError
+from .errors import ClientConfigError, ConsentRequired, TemporaryTokenError, TokenError
 from .providers import Provider
 
 logger = logging.getLogger(__name__)
 
 # Refresh this long before expiry so a token never expires mid-session.
 REFRESH_MARGIN = timedelta(minutes=5)
-# A refresh is one HTTP call; the lock outlives its timeout by a wide margin.
-LOCK_TIMEOUT_SECONDS = 120
 
 
 def store_token(account: MailAccount, token: dict[str, Any], box: SecretBox, now: datetime) -> None:
@@ -42,14 +41,21 @@ def store_token(account: MailAccount, token: dict[str, Any], box: SecretBox, now
     account.token_status = TokenStatus.ACTIVE
     account.token_status_reason = None
     account.last_refresh_at = now
+    account.last_refresh_outcome = "ok"
+    account.consent_notified_at = None
 
 
 def mark_account(session: Session, account_id: int, status: TokenStatus, reason: str) -> None:
+    """Record a token failure; a needed consent is also announced, once."""
     account = session.get(MailAccount, account_id)
-    if account is not None:
-        account.token_status = status
-        account.token_status_reason = reason
-        session.commit()
+    if account is None:
+        return
+    account.token_status = status
+    account.token_status_reason = reason
+    account.last_refresh_outcome = reason
+    if status == TokenStatus.NEEDS_CONSENT:
+        notifications.consent_needed(session, account, reason)
+    session.commit()
 
 
 def _usable_token(account: MailAccount, box: SecretBox, now: datetime) -> str | None:
@@ -79,6 +85,9 @@ class TokenManager:
         self.providers = providers
         self.http_timeout = http_timeout
         self.clock = clock
+        # A refresh is one HTTP call plus a commit. A worker that dies holding
+        # the lock delays other refreshes of the account by at most this long.
+        self.lock_timeout = 2 * http_timeout + 5
 
     def access_token(self, account_id: int, *, rejected: str | None = None) -> str:
         """Return a valid access token, refreshing it when it is near expiry.
@@ -95,8 +104,8 @@ class TokenManager:
 
         lock = self.redis.lock(
             f"mailroom:token-refresh:{account_id}",
-            timeout=LOCK_TIMEOUT_SECONDS,
-            blocking_timeout=LOCK_TIMEOUT_SECONDS,
+            timeout=self.lock_timeout,
+            blocking_timeout=self.lock_timeout,
         )
         if not lock.acquire():
             raise TemporaryTokenError(
@@ -112,6 +121,27 @@ class TokenManager:
                 return self._refresh(session, account)
         finally:
             lock.release()
+
+    def check(self, account_id: int, max_age: timedelta) -> str:
+        """Refresh the token if it is near expiry or older than ``max_age``.
+
+        Regular refreshes keep refresh tokens alive at providers that expire
+        unused ones (Microsoft, after 90 days). Returns the recorded outcome.
+        """
+        with self.db.session() as session:
+            account = self._load(session, account_id)
+            last = account.last_refresh_at or account.consented_at
+            stale = last is None or last + max_age <= self.clock()
+            rejected = (
+                self.box.decrypt(account.access_token_encrypted)
+                if (stale and account.access_token_encrypted)
+                else None
+            )
+        try:
+            self.access_token(account_id, rejected=rejected)
+        except TokenError as exc:
+            return str(exc)
+        return "ok"
 
     def _load(self, session: Session, account_id: int) -> MailAccount:
         account = session.get(MailAccount, account_id)
@@ -160,6 +190,10 @@ class TokenManager:
             raise
         except ClientConfigError as exc:
             mark_account(session, account.id, TokenStatus.CLIENT_ERROR, str(exc))
+            raise
+        except TemporaryTokenError as exc:
+            account.last_refresh_outcome = str(exc)
+            session.commit()
             raise
 
         # Commit at once: a rotated refresh token exists only in this response.

@@ -13,6 +13,14 @@ from .connectors import (
 )
 from .jobs import Job, JobFile, LedgerState, ProcessedMessage, job_target_languages
 from .mail_accounts import MailAccount, OAuthState, TokenStatus
+from .outgoing import (
+    Branch,
+    ConnectionType,
+    OutboxMessage,
+    OutboxStatus,
+    SmtpAuthMethod,
+    SmtpSettings,
+)
 from .reference import BudgetCode, Client, Language, Service, Specialization
 from .users import User
 
@@ -20,6 +28,8 @@ __all__ = [
     "Aggregation",
     "AuthMethod",
     "Base",
+    "Branch",
+    "ConnectionType",
     "BudgetCode",
     "Client",
     "Connector",
@@ -31,10 +41,14 @@ __all__ = [
     "LedgerState",
     "MailAccount",
     "OAuthState",
+    "OutboxMessage",
+    "OutboxStatus",
     "ProcessedMessage",
     "RunProblem",
     "RunStatus",
     "Service",
+    "SmtpAuthMethod",
+    "SmtpSettings",
     "Specialization",
     "TokenStatus",
     "UTCDateTime",

@@ -43,6 +43,11 @@ class MailAccount(Base):
     token_status_reason: Mapped[str | None] = mapped_column(sa.Text)
     consented_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_refresh_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Outcome of the last refresh or health check, e.g. "ok" or the error text.
+    last_refresh_outcome: Mapped[str | None] = mapped_column(sa.Text)
+    # Set when the people responsible were told that consent is needed, so
+    # they are told once; cleared by the next consent.
+    consent_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:

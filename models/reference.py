@@ -40,6 +40,8 @@ class Client(Base):
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     contact_name: Mapped[str | None] = mapped_column(sa.String(200))
     contact_email: Mapped[str | None] = mapped_column(sa.String(254))
+    # Mail about this client goes through the branch's own SMTP server, if any.
+    branch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("branches.id", ondelete="SET NULL"))
 
     budget_codes: Mapped[list[BudgetCode]] = relationship(
         back_populates="client", cascade="all, delete-orphan", order_by="BudgetCode.code"

@@ -33,8 +33,13 @@ class FileStore:
             raise ValueError(f"invalid storage name {storage_name!r}")
         return self.root / "jobs" / storage_name[:2] / storage_name
 
-    def add(self, source: Path) -> str:
-        """Move ``source`` into the store, durably, and return its storage name."""
+    def add(self, source: Path, *, sync_directory: bool = True) -> str:
+        """Move ``source`` into the store and return its storage name.
+
+        The file's data is fsynced. With ``sync_directory`` False the caller
+        must call :meth:`sync_directories` before relying on the new name,
+        which lets a batch of files share one directory fsync.
+        """
         storage_name = uuid.uuid4().hex
         target = self.path(storage_name)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +51,14 @@ class FileStore:
             # Another filesystem (a separate mount for FILES_ROOT/work): copy.
             shutil.copyfile(source, target)
             source.unlink()
-        _fsync_dir(target.parent)
+        if sync_directory:
+            _fsync_dir(target.parent)
         return storage_name
+
+    def sync_directories(self, storage_names: list[str]) -> None:
+        """Make the names of newly added files durable, one fsync per directory."""
+        for directory in {self.path(name).parent for name in storage_names}:
+            _fsync_dir(directory)
 
     def remove(self, storage_name: str) -> None:
         self.path(storage_name).unlink(missing_ok=True)

@@ -53,9 +53,19 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     migrations.upgrade(settings.database_url)
     app = create_app(settings, TESTING=True)
-    with app.app_context():
-        yield app
+    yield app
     app.extensions["mailroom"].db.dispose()
+
+
+@pytest.fixture
+def app_context(app: Flask) -> Iterator[None]:
+    """An app context for calling domain code that builds mail with Flask-Mail.
+
+    Tests that also make requests must not hold it: requests would share its
+    ``g``, and with it Flask-WTF's CSRF token and the request's session.
+    """
+    with app.app_context():
+        yield
 
 
 @pytest.fixture

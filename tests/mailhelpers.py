@@ -7,8 +7,12 @@ import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from urllib.parse import parse_qs, urlsplit
 
 import requests
+
+from mailauth.consent import finish_consent, start_consent
+from models import MailAccount
 
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 DOCX_BYTES = b"PK\x03\x04" + bytes(range(256)) * 8
@@ -84,3 +88,40 @@ def give_consent(authorization_url: str, email: str, password: str) -> str:
         )
     assert answer.status_code == 302, answer.text
     return answer.headers["Location"]
+
+
+def consent_directly(services, account_id: int, user_id: int, email: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    """Give consent for ``account_id`` through the real flow, without the web pages."""
+    redirect_uri = "http://localhost/home-api/authentication/mail/oauth2/code"
+    with services.db.session() as session:
+        account = session.get(MailAccount, account_id)
+        url = start_consent(
+            session,
+            account=account,
+            provider=services.providers[account.provider],
+            box=services.box,
+            user_id=user_id,
+            session_binding="tests",
+            redirect_uri=redirect_uri,
+            return_to="/",
+            now=datetime.now(UTC),
+        )
+        session.commit()
+    query = {
+        k: v[0] for k, v in parse_qs(urlsplit(give_consent(url, email, password)).query).items()
+    }
+    with services.db.session() as session:
+        finish_consent(
+            session,
+            state=query.get("state"),
+            code=query.get("code"),
+            error=query.get("error"),
+            error_description=None,
+            user_id=user_id,
+            session_binding="tests",
+            providers=services.providers,
+            box=services.box,
+            redirect_uri=redirect_uri,
+            http_timeout=10,
+            now=datetime.now(UTC),
+        )

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from devservers.dovecot import Dovecot, find_dovecot
 from devservers.oauth_server import AuthServer, AuthServerConfig, ClientSpec
 
+from .smtp_servers import SmtpSink
+
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -123,6 +125,7 @@ class MailStack:
 
     auth: AuthServer
     dovecot: Dovecot
+    sink: SmtpSink  # where Dovecot's submission service relays to
     web_port: int  # reserved for a Mailroom started by an end-to-end test
 
     @property
@@ -169,16 +172,19 @@ def mail_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MailStack]:
     )
     auth = AuthServer(config).start()
     introspection = f"http://dovecot:dovecot-introspection-secret@127.0.0.1:{auth.port}/introspect"
+    sink = SmtpSink(free_port()).start()
     dovecot = Dovecot(
         tmp_path_factory.mktemp("dovecot"),
         introspection_url=introspection,
         password_users={PASSWORD_USER: PASSWORD_USER_PASSWORD},
+        relay=("127.0.0.1", sink.port),
     )
     dovecot.start()
     try:
-        yield MailStack(auth=auth, dovecot=dovecot, web_port=web_port)
+        yield MailStack(auth=auth, dovecot=dovecot, sink=sink, web_port=web_port)
     finally:
         dovecot.stop()
+        sink.stop()
         auth.stop()
 
 

@@ -38,6 +38,8 @@ def test_benchmark_small_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert repetition.left_after_bare == 0
     assert repetition.mailroom.seconds > 0
     assert repetition.bare.seconds > 0
+    assert repetition.mailroom.cpu_seconds > 0
+    assert repetition.bare.cpu_seconds > 0
     assert repetition.ratio > 0
     assert repetition.mailroom.peak_rss >= repetition.mailroom.rss_before > 0
     assert repetition.bare.peak_rss >= repetition.bare.rss_before > 0

@@ -126,8 +126,9 @@ def running_app(tmp_path: Path, redis_server: str, mail_stack: MailStack) -> Ite
 
     def web_answers() -> bool:
         try:
-            return requests.get(f"{url}/login", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{url}/login", timeout=5).status_code == 200
+        except requests.RequestException:
+            # Refused before gunicorn listens; a timeout while its worker boots.
             return False
 
     try:

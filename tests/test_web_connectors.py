@@ -7,6 +7,8 @@ and post it back, so a renamed or missing input fails here.
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -21,8 +23,8 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.datastructures import MultiDict
+from werkzeug.serving import make_server
 
-import migrations
 from config import Settings
 from intake.definition import export_connector
 from models import (
@@ -42,11 +44,10 @@ from models import (
     User,
 )
 from referencedata import seed
-from web import create_app
 from web.connector_forms import ConnectorForm, FormContext
 from web.security import hash_password
 
-from .conftest import csrf_token, make_settings
+from .conftest import ADMIN_EMAIL, ADMIN_PASSWORD, csrf_token, make_settings
 
 BASE = "/configuration/integration/smart-connectors"
 NEW = f"{BASE}/new"
@@ -69,19 +70,6 @@ USER_PASSWORD = "a user password of some length"
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     return make_settings(tmp_path, redis_url, oauth_providers=LOCAL_PROVIDER)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    """The app without an app context held open during the test.
-
-    A held context would make every test request share one ``g``, so the
-    CSRF token and the database session would leak from request to request.
-    """
-    migrations.upgrade(settings.database_url)
-    app = create_app(settings, TESTING=True)
-    yield app
-    app.extensions["mailroom"].db.dispose()
 
 
 # Reading pages ----------------------------------------------------------------
@@ -196,10 +184,6 @@ def submit(client: FlaskClient, url: str, changes: dict[str, Any], button: str =
             values.pop(name)
     values[button] = "Save" if button == "save" else "Generate new token"
     return client.post(url, data=values)
-
-
-def without(values: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if key not in names}
 
 
 # Data -----------------------------------------------------------------------
@@ -412,7 +396,7 @@ def test_form_rejects_bad_input(app, services, ids, name, value, message) -> Non
     assert form.errors == {name: [message]}
 
 
-def test_form_budget_code_of_client_without_codes(app, services, ids) -> None:
+def test_form_budget_code_client_without_codes(app, services, ids) -> None:
     with services.db.session() as session:
         session.add(Client(name="Plain Client"))
         session.commit()
@@ -574,6 +558,7 @@ def test_secrets_absent_from_pages(logged_in, services, ids) -> None:
         f"{BASE}/{oauth_id}",
         f"{BASE}/{oauth_id}/edit",
         f"{BASE}/{oauth_id}/export",
+        "/",
     ]
     for url in urls:
         text = logged_in.get(url).text
@@ -673,14 +658,14 @@ def test_failed_post_keeps_typed_values(logged_in, services, ids) -> None:
             "Port 0 is out of range; enter a port from 1 to 65535 (993 with Use SSL, 143 without)."
         ]
     }
-    shown = MultiDict(reader.values)
+    rendered = MultiDict(reader.values)
     for name, value in changes.items():
         if name in ("password", "oauth_client_secret"):
-            assert shown.get(name) == "", name
+            assert rendered.get(name) == "", name
         elif isinstance(value, list):
-            assert sorted(shown.getlist(name)) == sorted(value), name
+            assert sorted(rendered.getlist(name)) == sorted(value), name
         else:
-            assert shown.get(name) == value, name
+            assert rendered.get(name) == value, name
     assert "enter the Password or Client Secret again" in response.text
     with services.db.session() as session:
         assert session.scalar(sa.select(sa.func.count(Connector.id))) == 0
@@ -916,9 +901,7 @@ def test_run_now_queues_scan(logged_in, services, settings, saved_password_conne
     assert headers["argsrepr"] == f"({saved_password_connector}, 'manual')"
 
 
-def test_connector_page_lists_runs_and_left_messages(
-    logged_in, services, saved_password_connector
-) -> None:
+def test_page_lists_runs_and_left_emails(logged_in, services, saved_password_connector) -> None:
     start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
     with services.db.session() as session:
         for number in range(25):
@@ -1001,10 +984,12 @@ def test_list_pagination(logged_in, services, ids, saved_password_connector) -> 
         session.commit()
     first = logged_in.get(BASE)
     assert "Page 1 of 2" in first.text
-    assert ">Connector 49</a>" in first.text
-    assert ">Acme orders</a>" not in first.text
+    assert first.text.count('<a href="/configuration/integration/smart-connectors/') == 50
+    assert ">Acme orders</a>" in first.text  # sorted by name
+    assert ">Connector 48</a>" in first.text
+    assert ">Connector 49</a>" not in first.text
     second = logged_in.get(f"{BASE}?page=2")
-    assert ">Acme orders</a>" in second.text
+    assert ">Connector 49</a>" in second.text
     assert "Page 2 of 2" in second.text
     assert logged_in.get(f"{BASE}?page=3").status_code == 404
 
@@ -1079,3 +1064,120 @@ def test_form_page_has_labels_and_script(logged_in, ids) -> None:
     with logged_in.get("/static/mailroom.js") as script:
         assert script.status_code == 200
         assert b"/api/clients" not in script.data  # the URL comes from the page
+
+
+# In a browser ------------------------------------------------------------------
+
+
+@pytest.fixture
+def live_url(app: Flask) -> Iterator[str]:
+    """Serve the app on a free loopback port in a thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture
+def browser_page(live_url: str) -> Iterator[Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium binary on PATH for the browser test")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        # Everything must come from the app itself: no CDN, no other host.
+        outside: list[str] = []
+
+        def only_loopback(route: Any) -> None:
+            if route.request.url.startswith(live_url):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_loopback)
+        page.set_default_timeout(10_000)
+        yield page
+        browser.close()
+        assert outside == []
+
+
+def test_form_scripts_in_browser(live_url, browser_page, admin, services, ids) -> None:
+    page = browser_page
+    page.goto(f"{live_url}/login")
+    page.get_by_label("E-mail Address").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.goto(f"{live_url}{NEW}")
+
+    # OAuth2 is the default: its fields show, the password does not.
+    assert page.locator("#password").is_hidden()
+    assert page.locator("#oauth_client_id").is_visible()
+    page.get_by_role("radio", name="Password").check()
+    assert page.locator("#password").is_visible()
+    assert page.locator("#oauth_client_id").is_hidden()
+    assert page.locator("#provider").is_hidden()
+    page.get_by_role("radio", name="OAuth2").check()
+    assert page.locator("#password").is_hidden()
+
+    # The provider fills Host Name while it is empty.
+    page.get_by_label("Provider").select_option("google")
+    assert page.get_by_label("Host Name").input_value() == "imap.gmail.com"
+
+    # The client select became a search box; the select itself is hidden.
+    assert page.locator("select#client").is_hidden()
+    search = page.get_by_label("Client", exact=True)
+    search.fill("bore")
+    page.get_by_role("option", name="Borealis Legal").click()
+    assert search.input_value() == "Borealis Legal"
+    assert page.locator("select#client").input_value() == ids["borealis"]
+    page.wait_for_function("document.querySelectorAll('#budget_code option').length === 2")
+    options = page.locator("#budget_code option").all_text_contents()
+    assert options == ["No budget code", "BL-LIT"]
+    page.get_by_label("Budget Code").select_option("BL-LIT")
+
+    # The keyboard works too: arrow down and Enter pick the first match.
+    search.fill("acme")
+    page.get_by_role("option", name="Acme Pharma Ltd").wait_for()
+    search.press("Enter")
+    assert page.locator("select#client").input_value() == ids["acme"]
+    page.wait_for_function("document.querySelectorAll('#budget_code option').length === 3")
+    assert page.get_by_label("Budget Code").input_value() == ""
+    page.get_by_label("Budget Code").select_option("AP-2026")
+
+    page.get_by_label("Name", exact=True).fill("From the browser")
+    page.get_by_label("Username").fill("intake@example.com")
+    page.get_by_label("Client Id").fill("browser-app")
+    page.get_by_label("Client Secret").fill(CLIENT_SECRET)
+    page.get_by_role("button", name="Save").click()
+    page.get_by_text('Smart Connector "From the browser" was saved.').wait_for()
+    assert CLIENT_SECRET not in page.content()
+
+    connector = connector_named(services, "From the browser")
+    assert str(connector.client_id) == ids["acme"]
+    assert connector.budget_code == "AP-2026"
+    assert connector.host == "imap.gmail.com"
+    with services.db.session() as session:
+        account = session.get(MailAccount, connector.mail_account_id)
+    assert (account.provider, account.email, account.client_id) == (
+        "google",
+        "intake@example.com",
+        "browser-app",
+    )
+
+
+def test_concurrent_duplicate_name(logged_in, ids, saved_password_connector, monkeypatch) -> None:
+    """A name taken between the check and the commit gets the same field error."""
+    monkeypatch.setattr(ConnectorForm, "validate_name", lambda form, field: None)
+    response = submit(logged_in, NEW, password_fields(ids))
+    assert response.status_code == 200
+    assert read_form(response.text).errors == {
+        "name": [
+            'Name "Acme orders" is already used by another Smart Connector; choose another name.'
+        ]
+    }

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
 from flask.testing import FlaskClient
 
-import migrations
-from config import Settings
 from models import (
     AuthMethod,
     BudgetCode,
@@ -29,26 +25,12 @@ from models import (
     User,
 )
 from referencedata import seed
-from web import create_app
 
 START = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    """The app without an app context held open during the test.
-
-    A held context would make every test request share one ``g``, so the
-    CSRF token and the database session would leak from request to request.
-    """
-    migrations.upgrade(settings.database_url)
-    app = create_app(settings, TESTING=True)
-    yield app
-    app.extensions["mailroom"].db.dispose()
-
-
 def add_jobs(services: Any, kind: JobKind, count: int, prefix: str) -> list[int]:
-    """Add ``count`` jobs, each a minute newer than the one before; return their ids."""
+    """Add ``count`` jobs, each a minute newer than the one before, and return their ids."""
     with services.db.session() as session:
         client = session.scalars(sa.select(Client).where(Client.name == "Lark Media")).first()
         client = client or Client(name="Lark Media")
@@ -86,7 +68,7 @@ def store_file(services: Any, tmp_path: Path, job_id: int, name: str, content: b
 
 @pytest.fixture
 def full_job(services: Any) -> int:
-    """A project with every field set, made by a connector, with two files."""
+    """A project with every field set, made by a connector, without files."""
     with services.db.session() as session:
         seed(session, samples=False)
         client = Client(name="Kestrel Motors", budget_codes=[BudgetCode(code="KM-MANUALS")])

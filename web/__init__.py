@@ -62,7 +62,7 @@ def register_extensions(app: Flask, services: Services) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, auth, connectors, jobs, main, oauth
+    from . import api, auth, branches, connectors, email_settings, jobs, main, oauth
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
@@ -70,6 +70,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(email_settings.bp)
+    app.register_blueprint(branches.bp)
 
 
 def register_commands(app: Flask) -> None:

@@ -22,7 +22,7 @@ MAX_QUERY_LENGTH = 200
 
 
 def api_login_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Answer 401 with JSON instead of redirecting a script to the login page."""
+    """Return 401 with JSON instead of redirecting a script to the login page."""
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -37,7 +37,7 @@ def search_client_names(text: str, limit: int = MAX_CLIENT_RESULTS) -> list[dict
     """Return clients whose name contains ``text``, names that start with it first.
 
     NOTE: SQLite's lower() folds only ASCII letters, so on SQLite "ä" does not
-    match "Ä"; PostgreSQL folds letters by the database's locale.
+    match "Ä". PostgreSQL folds letters by the database's locale.
     """
     needle = text.strip()[:MAX_QUERY_LENGTH].lower()
     name = sa.func.lower(Client.name)

@@ -21,7 +21,8 @@ def celery_init_app(app: Flask, services: Services) -> Celery:
     celery.conf.broker_url = services.settings.redis_url
     celery.conf.beat_schedule = celery_config.beat_schedule(services.settings.beat_tick_seconds)
     celery.set_default()
-    celery.autodiscover_tasks(["tasks"], related_name="connectors", force=True)
+    for module in ("connectors", "outbox", "tokens"):
+        celery.autodiscover_tasks(["tasks"], related_name=module, force=True)
 
     def _dispose_pool(**_kwargs: object) -> None:
         # Connections inherited across fork are shared with the parent.

@@ -10,6 +10,7 @@ import click
 import sqlalchemy as sa
 import yaml
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import IntegrityError
 
 import migrations
@@ -27,7 +28,7 @@ def _services() -> Services:
     return services
 
 
-@click.group("db", help="Database schema.")
+@click.group("db", cls=AppGroup, help="Database schema.")
 def db_group() -> None:
     pass
 
@@ -38,7 +39,7 @@ def db_upgrade() -> None:
     click.echo("Database is up to date.")
 
 
-@click.group("users", help="People who log in or are responsible for connectors.")
+@click.group("users", cls=AppGroup, help="People who log in or are responsible for connectors.")
 def users_group() -> None:
     pass
 
@@ -88,13 +89,14 @@ def users_list() -> None:
 
 @click.command("seed", help="Add languages, services, specializations and sample data.")
 @click.option("--no-samples", is_flag=True, help="Skip the sample clients and users.")
+@with_appcontext
 def seed(no_samples: bool) -> None:
     with _services().db.session() as session:
         added = seed_reference_data(session, samples=not no_samples)
     click.echo(", ".join(f"{count} {kind}" for kind, count in added.items()) + " added.")
 
 
-@click.group("connectors", help="Smart Connectors.")
+@click.group("connectors", cls=AppGroup, help="Smart Connectors.")
 def connectors_group() -> None:
     pass
 
@@ -168,7 +170,7 @@ def connectors_import(source: click.utils.LazyFile) -> None:
         )
 
 
-@click.group("jobs", help="Projects and quotes.")
+@click.group("jobs", cls=AppGroup, help="Projects and quotes.")
 def jobs_group() -> None:
     pass
 

@@ -1,7 +1,7 @@
 """The Smart Connector form: fields, choices read from the database, and the checks.
 
-Every error message names the rejected value and says how to fix it, because
-the admin filling the form cannot see the database. Select values are ids as
+Every error message names the rejected value and the fix, because the admin
+filling in the form cannot see the database. Select values are ids as
 strings and are resolved into rows while the form validates, so a tampered or
 outdated id gets a field error instead of a server error.
 """
@@ -66,7 +66,7 @@ AUTH_METHOD_CHOICES = [
 MIN_PORT, MAX_PORT = 1, 65535
 MIN_INTERVAL_MINUTES, MAX_INTERVAL_MINUTES = 1, 10080  # 10080 minutes is one week
 
-# A DNS name made of letters, digits, dots and hyphens; IP addresses are checked separately.
+# A DNS name of letters, digits, dots and hyphens. IP addresses are checked with ipaddress.
 _HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -79,7 +79,7 @@ class WholeNumberField(IntegerField):
     """An integer input whose parse error names the typed text.
 
     ``invalid_message`` is formatted with ``value``. An empty input gives
-    ``None``, so the field's own validator can say that the value is missing.
+    ``None``, so the field's own validator can report the missing value.
     """
 
     def __init__(self, *args: Any, invalid_message: str, **kwargs: Any) -> None:
@@ -122,9 +122,11 @@ class ResolvedRows:
 
 class ConnectorForm(FlaskForm):
     job_kind = RadioField(
-        "Project or Quote", choices=JOB_KIND_CHOICES, default=JobKind.PROJECT.value,
+        "Project or Quote",
+        choices=JOB_KIND_CHOICES,
+        default=JobKind.PROJECT.value,
         validate_choice=False,
-    )  # fmt: skip
+    )
     name = StringField(
         "Name",
         filters=[strip_text],
@@ -140,22 +142,28 @@ class ConnectorForm(FlaskForm):
         "Active", default=True, description="Only active connectors scan on their schedule."
     )
     client = SelectField("Client", validate_choice=False)
-    # Rendered as a select grouped by client by the template; a string here so
-    # that a code of another client gets a message instead of "Not a valid choice".
+    # The template renders a select of all clients' codes; a plain string field
+    # lets a code of another client get a message that names it.
     budget_code = StringField("Budget Code", filters=[strip_text])
     aggregation = RadioField(
-        "Files Aggregation", choices=AGGREGATION_CHOICES, default=Aggregation.SEPARATELY.value,
+        "Files Aggregation",
+        choices=AGGREGATION_CHOICES,
+        default=Aggregation.SEPARATELY.value,
         validate_choice=False,
-    )  # fmt: skip
+    )
 
     files_location = SelectField(
-        "Files location", choices=FILES_LOCATION_CHOICES, default=FILES_LOCATION_EMAIL,
+        "Files location",
+        choices=FILES_LOCATION_CHOICES,
+        default=FILES_LOCATION_EMAIL,
         validate_choice=False,
-    )  # fmt: skip
+    )
     auth_method = RadioField(
-        "Authorization method", choices=AUTH_METHOD_CHOICES, default=AuthMethod.OAUTH2.value,
+        "Authorization method",
+        choices=AUTH_METHOD_CHOICES,
+        default=AuthMethod.OAUTH2.value,
         validate_choice=False,
-    )  # fmt: skip
+    )
     provider = SelectField(
         "Provider",
         validate_choice=False,
@@ -223,7 +231,7 @@ class ConnectorForm(FlaskForm):
         "Schedule",
         default=5,
         invalid_message='Schedule "{value}" is not a number; enter whole minutes from 1 to 10080.',
-        description="Scan the folder every this many minutes (1 to 10080, which is one week).",
+        description="Minutes between two scans of the folder, from 1 to 10080 (one week).",
     )
 
     save = SubmitField("Save")
@@ -243,20 +251,24 @@ class ConnectorForm(FlaskForm):
         self.client.choices = [SelectChoice("", "Choose a client")] + [
             SelectChoice(str(client_id), name) for client_id, name in clients
         ]
+
         providers = sorted(self.context.providers.values(), key=lambda p: p.label.lower())
         self.provider.choices = [SelectChoice("", "Choose a provider")] + [
             SelectChoice(p.key, p.label) for p in providers
         ]
+
         users = session.execute(sa.select(User.id, User.name, User.email).order_by(User.name)).all()
         self.person_responsible.choices = [SelectChoice("", "Nobody")] + [
             SelectChoice(str(user_id), f"{name} ({email})") for user_id, name, email in users
         ]
+
         languages = [
             SelectChoice(str(row.id), str(row))
             for row in session.scalars(sa.select(Language).order_by(Language.name))
         ]
         self.source_language.choices = [SelectChoice("", "Not set")] + languages
         self.target_languages.choices = languages
+
         self.service.choices = [SelectChoice("", "Not set")] + [
             SelectChoice(str(service_id), name)
             for service_id, name in session.execute(
@@ -274,9 +286,9 @@ class ConnectorForm(FlaskForm):
         """Return (client id, client name, codes) of every client that has codes.
 
         Without JavaScript the select shows all groups, so a code can be chosen
-        for any client; the script narrows it to the chosen client.
+        for any client. The script narrows the select to the chosen client.
         """
-        # NOTE: lists every client and code in the page; fine for hundreds of
+        # NOTE: the page lists every client and code. That suits hundreds of
         # clients, but thousands would need the search API alone.
         groups: dict[int, tuple[str, list[str]]] = {}
         rows = self.context.session.execute(
@@ -303,12 +315,6 @@ class ConnectorForm(FlaskForm):
             if str(client_id) == chosen:
                 return client_id
         return holders[0] if holders else None
-
-    # Properties the template shows ------------------------------------------
-
-    @property
-    def is_oauth2(self) -> bool:
-        return self.auth_method.data == AuthMethod.OAUTH2.value
 
     @property
     def password_is_saved(self) -> bool:
@@ -421,14 +427,18 @@ class ConnectorForm(FlaskForm):
                 "(10080 minutes is one week)."
             )
 
-    def _row(self, model: Any, field: SelectField, what: str) -> Any:
-        """Return the row the select names, None when empty; raise when it does not exist."""
+    def _row(self, model: Any, field: SelectField, choice_name: str) -> Any:
+        """Return the row that the select names, or None when it is empty.
+
+        Raises ValidationError when the row does not exist.
+        """
         if not field.data:
             return None
         row = _get_by_id(self.context.session, model, field.data)
         if row is None:
             raise ValidationError(
-                f'{field.label.text} "{field.data}" does not exist; choose {what} from the list.'
+                f'{field.label.text} "{field.data}" does not exist; '
+                f"choose {choice_name} from the list."
             )
         return row
 
@@ -531,7 +541,7 @@ def duplicate_name_message(name: str) -> str:
 
 
 def find_account(session: Session, provider: str, username: str) -> MailAccount | None:
-    """Return the mail account of this provider and address; addresses match lowercased."""
+    """Return the mail account of this provider and address, compared in lower case."""
     return session.scalars(
         sa.select(MailAccount).where(
             MailAccount.provider == provider, MailAccount.email == username.lower()
@@ -540,9 +550,9 @@ def find_account(session: Session, provider: str, username: str) -> MailAccount 
 
 
 def initial_data(connector: Connector | None) -> dict[str, Any]:
-    """Return the form values of ``connector``; empty for a new one, so field defaults apply.
+    """Return the form values of ``connector``, or none for a new one so that defaults apply.
 
-    Secrets are left out: the password fields are write-only.
+    Secrets are left out because the password fields are write-only.
     """
     if connector is None:
         return {}
@@ -577,14 +587,17 @@ def apply_form(
 ) -> Connector:
     """Copy the validated form into ``connector``, or a new one, and return it.
 
-    The connector is added to the session; the caller commits.
+    A new connector is added to the session. The caller commits.
     """
-    session = form.context.session
     rows = form.rows
+    port = form.port.data
+    interval = form.interval_minutes.data
+    if rows.client is None or port is None or interval is None:
+        raise ValueError("apply_form needs a form that passed validate()")
     creating = connector is None
     if connector is None:
         connector = Connector()
-        session.add(connector)
+        form.context.session.add(connector)
     old_interval = connector.interval_minutes
 
     connector.job_kind = JobKind(form.job_kind.data)
@@ -595,7 +608,7 @@ def apply_form(
     connector.aggregation = Aggregation(form.aggregation.data)
     connector.auth_method = AuthMethod(form.auth_method.data)
     connector.host = form.host.data
-    connector.port = form.port.data
+    connector.port = port
     connector.use_ssl = form.use_ssl.data
     connector.username = form.username.data
     connector.folder = form.folder.data or "INBOX"
@@ -604,11 +617,11 @@ def apply_form(
     connector.target_languages = rows.target_languages
     connector.service = rows.service
     connector.specialization = rows.specialization
-    connector.interval_minutes = form.interval_minutes.data
+    connector.interval_minutes = interval
 
     if connector.auth_method == AuthMethod.OAUTH2:
         connector.mail_account = _save_account(form, box)
-        # The mailbox now logs in with a token; a stored password would only linger.
+        # The mailbox now logs in with a token, so a stored password would only linger.
         connector.password_encrypted = None
     else:
         connector.mail_account = None
@@ -641,7 +654,7 @@ def _save_account(form: ConnectorForm, box: SecretBox) -> MailAccount:
 
 
 def _schedule(connector: Connector, creating: bool, old_interval: int, now: datetime) -> None:
-    """Make a new connector due at once; after an interval change, count from the last run."""
+    """Make a new connector due at once. After an interval change, count from the last run."""
     if creating or connector.next_run_at is None:
         connector.next_run_at = now
         return

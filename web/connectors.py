@@ -53,7 +53,7 @@ LEFT_MESSAGES_SHOWN = 100
 
 @dataclass(frozen=True)
 class LeftMessage:
-    """A message that recent runs could not turn into a job, as the newest run saw it."""
+    """A message that recent runs could not turn into a job, with the newest run's start."""
 
     problem: RunProblem
     seen_at: datetime
@@ -76,7 +76,10 @@ def _show_url(connector: Connector) -> str:
 
 
 def latest_runs(session: Session, connector_ids: list[int]) -> dict[int, ConnectorRun]:
-    """Return the newest run of each of ``connector_ids`` that has run at least once."""
+    """Return the newest run of each connector in ``connector_ids``.
+
+    A connector that never ran has no entry.
+    """
     if not connector_ids:
         return {}
     newest_ids = (
@@ -89,10 +92,10 @@ def latest_runs(session: Session, connector_ids: list[int]) -> dict[int, Connect
 
 
 def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
-    """Return the problems of ``run_ids``, one per message, from the newest run that met it.
+    """Return the problems of ``run_ids``, one per message, from the newest run that reported it.
 
     A message with a problem stays in the folder, so every later run reports
-    it again; listing each run's copy would bury the other messages.
+    it again. Listing each run's copy would bury the other messages.
     """
     if not run_ids:
         return []
@@ -179,7 +182,7 @@ def _form_page(connector: Connector | None) -> str | Response:
 
 
 def _save(form: ConnectorForm, connector: Connector | None) -> Connector | None:
-    """Apply the form and commit; return None with a form error if a concurrent save clashed."""
+    """Apply the form and commit, or add an error and return None if a concurrent save clashed."""
     session = form.context.session
     saved = apply_form(form, connector, _services().box, datetime.now(UTC))
     try:
@@ -187,10 +190,10 @@ def _save(form: ConnectorForm, connector: Connector | None) -> Connector | None:
     except IntegrityError as exc:
         session.rollback()
         logger.warning("saving connector %r failed: %s", form.name.data, exc.orig)
-        taken = session.scalars(
+        existing_id = session.scalars(
             sa.select(Connector.id).where(Connector.name == form.name.data)
         ).first()
-        if taken is not None:
+        if existing_id is not None:
             form.name.errors.append(duplicate_name_message(form.name.data))
         else:
             form.form_errors.append(
@@ -269,7 +272,10 @@ def generate_token(connector_id: int) -> Response:
 @bp.route("/<int:connector_id>/delete", methods=["GET", "POST"])
 @admin_required
 def delete_connector(connector_id: int) -> str | Response:
-    """Ask for confirmation on GET; delete on POST. Jobs stay and lose their connector link."""
+    """Show a confirmation page on GET and delete on POST.
+
+    The connector's jobs stay, without their link to it.
+    """
     session = db_session()
     connector = _connector_or_404(connector_id)
     form = EmptyForm()
@@ -293,7 +299,7 @@ def delete_connector(connector_id: int) -> str | Response:
 @bp.get("/<int:connector_id>/export")
 @login_required
 def export(connector_id: int) -> Response:
-    """Download the definition as YAML; it names rows by name or code and holds no secrets."""
+    """Send the definition as a YAML download. It names rows by name or code, without secrets."""
     connector = _connector_or_404(connector_id)
     text = yaml.safe_dump(export_connector(connector), sort_keys=False, allow_unicode=True)
     return Response(

@@ -57,7 +57,7 @@ class Page(Generic[T]):
 
 
 def requested_page_number() -> int:
-    """Read ``?page=``; text that is not a number means page 1, a number below 1 is a 404."""
+    """Read ``?page=``. Text that is not a number means page 1, and a number below 1 is a 404."""
     number = request.args.get("page", default=1, type=int)
     if number < 1:
         abort(404)
@@ -65,7 +65,7 @@ def requested_page_number() -> int:
 
 
 def paginate(session: Session, statement: sa.Select[Any], number: int, per_page: int) -> Page[Any]:
-    """Run ``statement`` for one page and count all its rows; a page past the end is a 404."""
+    """Run ``statement`` for one page and count all its rows. A page past the end is a 404."""
     total = session.scalar(
         sa.select(sa.func.count()).select_from(statement.order_by(None).subquery())
     )
@@ -124,17 +124,19 @@ def show_job(job_id: int) -> str:
 @bp.get("/jobs/<int:job_id>/files/<int:file_id>")
 @login_required
 def download_file(job_id: int, file_id: int) -> Response:
-    """Send a stored file under its original name; a file of another job is a 404."""
+    """Send a stored file under its original name. A file of another job is a 404."""
     job_file = db_session().get(JobFile, file_id)
     if job_file is None or job_file.job_id != job_id:
         abort(404)
     try:
         path = _services().store.path(job_file.storage_name)
     except ValueError:
-        logger.error("job file %s has an invalid storage name; cannot send it", file_id)
+        logger.error(
+            "job file %s not sent: invalid storage name %r", file_id, job_file.storage_name
+        )
         abort(404)
     if not path.is_file():
-        logger.error("job file %s of job %s is missing from the file store", file_id, job_id)
+        logger.error("job file %s of job %s not sent: %s is missing", file_id, job_id, path)
         abort(404)
     return send_file(
         path,

@@ -31,9 +31,7 @@ def dashboard() -> str:
     accounts = session.scalars(
         sa.select(MailAccount).order_by(MailAccount.provider, MailAccount.email)
     ).all()
-    counts = dict(
-        session.execute(sa.select(Job.kind, sa.func.count()).group_by(Job.kind)).all()
-    )
+    counts = dict(session.execute(sa.select(Job.kind, sa.func.count()).group_by(Job.kind)).all())
     return render_template(
         "main/dashboard.html",
         connectors=connectors,
