@@ -27,7 +27,7 @@ from cryptography.fernet import Fernet
 import migrations
 from database import Database
 from mailauth import SecretBox
-from models import Client, Connector, ConnectorRun, Job, Language, MailAccount, RunStatus
+from models import Client, Connector, ConnectorRun, Job, Language, MailAccount, RunStatus, User
 from referencedata import seed
 
 from .mailhelpers import (
@@ -50,6 +50,7 @@ BIN = Path(sys.executable).parent
 ADMIN = "e2e-admin@example.com"
 ADMIN_PASSWORD = "end-to-end password"
 CZECH_NAME = "Překlad smlouvy – příloha č. 1.docx"
+PERSON_RESPONSIBLE = "maria.lopez@example.com"
 WAIT_SECONDS = 60
 
 
@@ -159,13 +160,14 @@ def _ids(db: Database) -> dict[str, str]:
         client = session.scalars(
             sa.select(Client).where(Client.name == "Northwind Pharma GmbH")
         ).one()
+        person = session.scalars(sa.select(User).where(User.email == PERSON_RESPONSIBLE)).one()
         languages = {
             language.code: str(language.id)
             for language in session.scalars(
                 sa.select(Language).where(Language.code.in_(["en", "de", "cs"]))
             )
         }
-    return {"client": str(client.id), **languages}
+    return {"client": str(client.id), "person": str(person.id), **languages}
 
 
 def test_email_becomes_project_through_beat_and_worker(
@@ -205,6 +207,7 @@ def test_email_becomes_project_through_beat_and_worker(
         "folder": "INBOX",
         "oauth_client_id": OAUTH_CLIENT_ID,
         "oauth_client_secret": OAUTH_CLIENT_SECRET,
+        "person_responsible": ids["person"],
         "source_language": ids["en"],
         "target_languages": [ids["de"], ids["cs"]],
         "interval_minutes": "1",
@@ -238,6 +241,38 @@ def test_email_becomes_project_through_beat_and_worker(
         connector_id = connector.id
         assert connector.active is False
 
+    # The company sends through the same mailbox: its token is already active.
+    mail_stack.sink.clear()
+    settings_url = f"{app.url}/configuration/general/settings/email"
+    settings_page = http.get(settings_url, timeout=10)
+    saved = http.post(
+        settings_url,
+        data={
+            "csrf_token": _csrf(settings_page.text),
+            "auth_method": "oauth2",
+            "server": f"127.0.0.1:{mail_stack.dovecot.submission_port}",
+            "email_address": MAILBOX_USER,
+            "connection_type": "tls",
+            "provider": "local",
+            "save": "Save",
+        },
+        timeout=10,
+    )
+    assert "Your access token is active" in saved.text
+    tested = http.post(
+        f"{settings_url}/test",
+        data={
+            "test-csrf_token": _csrf(saved.text),
+            "test-recipient": "office-manager@example.org",
+            "test-send": "Test",
+        },
+        timeout=30,
+    )
+    assert "Test e-mail sent to office-manager@example.org" in tested.text
+    assert [m.rcpt_tos for m in mail_stack.sink.messages] == [["office-manager@example.org"]]
+    assert mail_stack.sink[0].message["From"] == MAILBOX_USER
+    assert mail_stack.sink[0].message["Reply-To"] == ADMIN
+
     # Mail arrives; then the connector is due and beat hands it to the worker.
     mail_stack.dovecot.deliver(
         MAILBOX_USER,
@@ -251,10 +286,15 @@ def test_email_becomes_project_through_beat_and_worker(
         MAILBOX_USER, message_rfc2231(CZECH_NAME.encode(), DOCX_BYTES + b"cz")
     )
     mail_stack.dovecot.deliver(MAILBOX_USER, message_without_files())
+    edit_url = f"{app.url}/configuration/integration/smart-connectors/{connector_id}/edit"
+    edit_page = http.get(edit_url, timeout=10)
+    activate = {key: value for key, value in form.items() if key != "generate_token"}
+    activate.update({"csrf_token": _csrf(edit_page.text), "oauth_client_secret": "", "active": "y"})
+    activate["save"] = "Save"
+    activated = http.post(edit_url, data=activate, timeout=10)
+    assert activated.status_code == 200
     with app.db.session() as session:
-        connector = session.get(Connector, connector_id)
-        connector.active = True
-        session.commit()
+        assert session.get(Connector, connector_id).active is True
 
     def jobs_made() -> list[tuple[str, str, bytes]]:
         with app.db.session() as session:
@@ -318,6 +358,18 @@ def test_email_becomes_project_through_beat_and_worker(
         f"{app.url}/configuration/integration/smart-connectors/{connector_id}", timeout=10
     )
     assert "no attachments" in page.text
+
+    # The outbox task tells the person responsible about each new project.
+    def notifications_sent() -> list:  # type: ignore[type-arg]
+        received = [m for m in mail_stack.sink.messages if m.rcpt_tos == [PERSON_RESPONSIBLE]]
+        return received if len(received) >= 3 else []
+
+    notices = _wait_for(notifications_sent, WAIT_SECONDS, "the project notifications")
+    subjects = sorted(notice.message["Subject"].split(": ", 1)[1] for notice in notices)
+    assert subjects == sorted(["Leaflet.pdf", "Label text.docx", CZECH_NAME])
+    for notice in notices:
+        assert notice.message["From"] == MAILBOX_USER
+        assert notice.message["Reply-To"] in ("client@example.org", "jiri@example.org")
 
     for log in app.logs.iterdir():
         text = log.read_text(errors="replace")

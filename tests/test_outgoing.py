@@ -19,6 +19,7 @@ from config import Settings
 from devservers.certs import make_certificate
 from mailauth import ClientConfigError, ConsentRequired, TemporaryTokenError
 from models import (
+    Branch,
     ConnectionType,
     MailAccount,
     OutboxMessage,
@@ -488,3 +489,59 @@ def test_parse_server_accepts_host_and_port() -> None:
 
 def test_send_error_is_exception() -> None:
     assert issubclass(TemporarySendError, SendError)
+
+
+def test_health_check_task_records_outcome(services, admin, stack: MailStack) -> None:
+    from tasks.tokens import check_health
+
+    account_id = _oauth_account(services, admin, stack)
+    with services.db.session() as session:
+        account = session.get(MailAccount, account_id)
+        account.last_refresh_at = datetime.now(UTC) - timedelta(days=2)
+        session.commit()
+    assert check_health() == {str(account_id): "ok"}
+    with services.db.session() as session:
+        account = session.get(MailAccount, account_id)
+        assert account.last_refresh_outcome == "ok"
+        assert account.last_refresh_at > datetime.now(UTC) - timedelta(minutes=1)
+    # A fresh token is left alone: no second refresh within the day.
+    assert check_health() == {str(account_id): "ok"}
+    stats = requests.get(f"{stack.auth.url}/testing/stats", timeout=5).json()
+    assert stats["token_requests"]["refresh_token"] == 1
+
+
+def test_consent_notice_avoids_the_failing_account(services, admin, stack: MailStack) -> None:
+    from outgoing.mailer import working_settings
+
+    account_id = _oauth_account(services, admin, stack)
+    with services.db.session() as session:
+        _company_smtp(
+            session, auth_method=SmtpAuthMethod.OAUTH2, host="127.0.0.1",
+            port=stack.dovecot.submission_port, email_address=MAILBOX_USER,
+            connection_type=ConnectionType.TLS, mail_account_id=account_id,
+        )  # fmt: skip
+        # The company's only channel is the failing account: no working channel.
+        assert working_settings(session, account_id) is None
+        branch_settings = SmtpSettings(
+            branch=Branch(name="Prague", use_own_smtp=True),
+            auth_method=SmtpAuthMethod.PASSWORD, host="127.0.0.1",
+            port=stack.dovecot.submission_port, email_address=PASSWORD_USER, login=PASSWORD_USER,
+            password_encrypted=services.box.encrypt(PASSWORD_USER_PASSWORD),
+            connection_type=ConnectionType.TLS,
+        )  # fmt: skip
+        session.add(branch_settings)
+        session.commit()
+        assert working_settings(session, account_id).id == branch_settings.id
+    requests.post(f"{stack.auth.url}/testing/revoke", json={"username": MAILBOX_USER}, timeout=5)
+    with pytest.raises(ConsentRequired):
+        services.tokens.access_token(
+            account_id, rejected=_stored_access_token(services, account_id)
+        )
+    with services.db.session() as session:
+        notice = session.scalars(sa.select(OutboxMessage)).one()
+        result = deliver(
+            session, notice.id, lambda row: services.mailer.send_outbox_row(session, row)
+        )
+    assert result.status == OutboxStatus.SENT
+    assert [m.mail_from for m in stack.sink.messages] == [PASSWORD_USER]
+    assert stack.sink[0].rcpt_tos == [admin.email]

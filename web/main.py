@@ -6,7 +6,16 @@ import sqlalchemy as sa
 from flask import Blueprint, render_template
 from flask_login import login_required
 
-from models import Connector, ConnectorRun, Job, JobKind, MailAccount, TokenStatus
+from models import (
+    Connector,
+    ConnectorRun,
+    Job,
+    JobKind,
+    MailAccount,
+    OutboxMessage,
+    OutboxStatus,
+    TokenStatus,
+)
 
 from .db import db_session
 
@@ -31,6 +40,12 @@ def dashboard() -> str:
     accounts = session.scalars(
         sa.select(MailAccount).order_by(MailAccount.provider, MailAccount.email)
     ).all()
+    failed_mail = session.scalars(
+        sa.select(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.FAILED)
+        .order_by(OutboxMessage.id.desc())
+        .limit(20)
+    ).all()
     counts = dict(session.execute(sa.select(Job.kind, sa.func.count()).group_by(Job.kind)).all())
     return render_template(
         "main/dashboard.html",
@@ -39,5 +54,6 @@ def dashboard() -> str:
         accounts=accounts,
         project_count=counts.get(JobKind.PROJECT, 0),
         quote_count=counts.get(JobKind.QUOTE, 0),
+        failed_mail=failed_mail,
         TokenStatus=TokenStatus,
     )
