@@ -4,10 +4,11 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint env bench help
+.PHONY: run demo test lint env bench help
 
 help:
 	@echo "make run    - install, migrate, and start web, worker and beat on 127.0.0.1:5000"
+	@echo "make demo   - the app with a demo mailbox and a local OAuth server (see the README)"
 	@echo "make test   - install everything the tests need and run them all"
 	@echo "make lint   - ruff and mypy"
 	@echo "make env    - write a .env with fresh SECRET_KEY and ENCRYPTION_KEYS (kept if present)"
@@ -24,6 +25,10 @@ env: $(STAMP)
 
 run: $(STAMP)
 	$(PY) launcher.py
+
+demo: $(STAMP)
+	./scripts/install-system-packages.sh
+	$(PY) -m devservers.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	./scripts/install-system-packages.sh

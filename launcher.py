@@ -75,8 +75,12 @@ def ensure_redis(url: str, instance: Path) -> subprocess.Popen[bytes] | None:
     sys.exit(f"The Redis started at {url} did not answer within 10 s")
 
 
-def prepare_database(database_url: str) -> str | None:
-    """Migrate, seed a new database, and return a generated admin password if any."""
+def prepare_database(database_url: str, admin_password: str | None = None) -> str | None:
+    """Migrate, seed a new database, and create the first admin if there is none.
+
+    Returns the new admin's password (``admin_password``, or a generated
+    one), or None when an admin already existed.
+    """
     import migrations
     from database import Database
     from models import Language, User
@@ -90,7 +94,7 @@ def prepare_database(database_url: str) -> str | None:
             added = seed(session)
             print(f"Seeded reference data: {added}")
         if session.scalar(sa.select(sa.func.count()).select_from(User).where(User.is_admin)) == 0:
-            password = secrets.token_urlsafe(12)
+            password = admin_password or secrets.token_urlsafe(12)
             session.add(
                 User(email=FIRST_ADMIN, name="Administrator", is_admin=True,
                      password_hash=hash_password(password))
@@ -99,6 +103,55 @@ def prepare_database(database_url: str) -> str | None:
             return password
     db.dispose()
     return None
+
+
+def start_app(
+    host: str, port: int, concurrency: int, instance: Path, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start gunicorn, a Celery worker and Celery beat; return their processes."""
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "web": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}",
+                "--workers", "2", "--threads", "4", "--access-logfile", "-", "wsgi:app"],
+        "worker": [str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
+                   "--concurrency", str(concurrency), "-E"],
+        "beat": [str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
+                 "--schedule", str(instance / "celerybeat-schedule")],
+    }  # fmt: skip
+    children = []
+    for name, command in commands.items():
+        children.append(subprocess.Popen(command, cwd=BASE_DIR, env=env))
+        print(f"Started {name} (pid {children[-1].pid}).")
+    return children
+
+
+def supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until Ctrl-C, SIGTERM or a child exits; then stop every child by its pid."""
+
+    def stop(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            for child in children:
+                if child.poll() is not None:
+                    name = " ".join(str(arg) for arg in child.args[:3])
+                    message = f"Process {child.pid} ({name}) exited with {child.returncode}"
+                    print(f"{message}; stopping the others.", file=sys.stderr)
+                    raise KeyboardInterrupt
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,19 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(redis_process)
     password = prepare_database(settings.database_url)
 
-    bin_dir = Path(sys.executable).parent
-    commands = {
-        "web": [str(bin_dir / "gunicorn"), "--bind", f"{args.host}:{args.port}",
-                "--workers", "2", "--threads", "4", "--access-logfile", "-", "wsgi:app"],
-        "worker": [str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
-                   "--concurrency", str(args.concurrency), "-E"],
-        "beat": [str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
-                 "--schedule", str(instance / "celerybeat-schedule")],
-    }  # fmt: skip
-    for name, command in commands.items():
-        children.append(subprocess.Popen(command, cwd=BASE_DIR))
-        print(f"Started {name} (pid {children[-1].pid}).")
-
+    children += start_app(args.host, args.port, args.concurrency, instance)
     print()
     print(f"Mailroom is running at http://{args.host}:{args.port}/")
     if password:
@@ -156,30 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Log in with an admin account (`flask --app wsgi users create --admin EMAIL`).")
     print("Press Ctrl-C to stop.")
 
-    def stop(*_args: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while True:
-            for child in children:
-                if child.poll() is not None:
-                    name = " ".join(str(arg) for arg in child.args[:3])
-                    message = f"Process {child.pid} ({name}) exited with {child.returncode}"
-                    print(f"{message}; stopping the others.", file=sys.stderr)
-                    raise KeyboardInterrupt
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    supervise(children)
     return 0
 
 

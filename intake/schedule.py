@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import Connector
+from models import AuthMethod, Connector, MailAccount, TokenStatus
 
 
 def next_run_after(interval_minutes: int, now: datetime) -> datetime:
@@ -21,12 +21,20 @@ def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> l
     or a tick that overlaps a slow one, never claim the same run twice. The
     caller enqueues the returned ids after this commits.
     """
+    # An OAuth2 connector whose account never got consent waits for it; it
+    # becomes due at once when the token arrives.
+    waiting_for_consent = sa.and_(
+        Connector.auth_method == AuthMethod.OAUTH2,
+        sa.or_(MailAccount.id.is_(None), MailAccount.token_status == TokenStatus.NONE),
+    )
     due = session.execute(
         sa.select(Connector.id, Connector.next_run_at, Connector.interval_minutes)
+        .outerjoin(MailAccount, Connector.mail_account_id == MailAccount.id)
         .where(
             Connector.active.is_(True),
             Connector.next_run_at.is_not(None),
             Connector.next_run_at <= now,
+            sa.not_(waiting_for_consent),
         )
         .order_by(Connector.next_run_at)
         .limit(limit)

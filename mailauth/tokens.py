@@ -161,6 +161,11 @@ class TokenManager:
                 f"Provider {account.provider!r} of {account.email} is not configured; "
                 "add it to OAUTH_PROVIDERS"
             )
+        if account.token_status == TokenStatus.NONE:
+            # Never consented: nothing was lost, so nobody needs an alert.
+            raise ConsentRequired(
+                f'{account.email} has no OAuth2 token yet; click "Generate new token"'
+            )
         if account.refresh_token_encrypted is None or account.client_id is None:
             reason = (
                 f'{account.email} has no refresh token; click "Generate new token" to give consent'

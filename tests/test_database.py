@@ -12,7 +12,17 @@ from alembic.migration import MigrationContext
 import migrations
 from database import Database
 from intake.schedule import claim_due_connectors
-from models import Base, Client, Connector, Job, JobKind, ProcessedMessage
+from models import (
+    AuthMethod,
+    Base,
+    Client,
+    Connector,
+    Job,
+    JobKind,
+    MailAccount,
+    ProcessedMessage,
+    TokenStatus,
+)
 from referencedata import seed
 
 
@@ -54,6 +64,7 @@ def _connector(session, name: str, next_run_at: datetime) -> Connector:  # type:
     client = session.scalars(sa.select(Client)).first()
     connector = Connector(
         name=name, client=client, host="127.0.0.1", username="a@example.com",
+        auth_method=AuthMethod.PASSWORD,
         interval_minutes=5, next_run_at=next_run_at,
     )  # fmt: skip
     session.add(connector)
@@ -121,3 +132,19 @@ def test_timestamps_come_back_aware(db: Database) -> None:
         job = session.scalars(sa.select(Job)).one()
         assert job.created_at.tzinfo is not None
         assert job.kind is JobKind.QUOTE
+
+
+def test_claim_waits_for_first_consent(db: Database) -> None:
+    now = datetime.now(UTC)
+    with db.session() as session:
+        seed(session)
+        connector = _connector(session, "oauth", now - timedelta(seconds=1))
+        account = MailAccount(provider="google", email="a@example.com")
+        connector.mail_account = account
+        connector.auth_method = AuthMethod.OAUTH2
+        session.commit()
+        connector_id = connector.id
+        assert claim_due_connectors(session, now) == []
+        account.token_status = TokenStatus.ACTIVE
+        session.commit()
+        assert claim_due_connectors(session, now) == [connector_id]
