@@ -12,8 +12,10 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from .errors import AuthenticationFailed, MailboxError, TemporaryMailboxError
@@ -212,9 +214,9 @@ class MailboxSession:
             folders.append((name, flags))
         return folders
 
-    def select(self, folder: str) -> int:
-        """Select ``folder`` read-write and return its UIDVALIDITY."""
-        typ, data = self.imap.select(_quote(folder))
+    def select(self, folder: str, *, readonly: bool = False) -> int:
+        """Select ``folder`` (EXAMINE when ``readonly``) and return its UIDVALIDITY."""
+        typ, data = self.imap.select(_quote(folder), readonly=readonly)
         if typ != "OK":
             names = ", ".join(sorted(name for name, _ in self.list_folders()))
             raise MailboxError(
@@ -226,10 +228,53 @@ class MailboxSession:
         self.uidvalidity = int(values[0])
         return self.uidvalidity
 
-    def search_uids(self) -> list[int]:
-        typ, data = self.imap.uid("SEARCH", "ALL")
+    def search_uids(self, *, unseen_only: bool = False, since: date | None = None) -> list[int]:
+        """Return the folder's UIDs, optionally only unseen ones or those since a day.
+
+        IMAP's SINCE compares dates in the server's time zone, so callers that
+        need an exact cut-off check INTERNALDATE as well.
+        """
+        criteria = ["UNSEEN"] if unseen_only else []
+        if since is not None:
+            criteria += ["SINCE", since.strftime("%d-%b-%Y")]
+        typ, data = self.imap.uid("SEARCH", *(criteria or ["ALL"]))
         self._check(typ, data, "UID SEARCH")
         return sorted(int(uid) for uid in _text(data).split())
+
+    def internal_dates(self, uids: Sequence[int]) -> dict[int, datetime]:
+        """Return the time each message arrived in the mailbox (INTERNALDATE)."""
+        dates: dict[int, datetime] = {}
+        for chunk in _chunks(uids, 500):
+            typ, data = self.imap.uid("FETCH", _uid_set(chunk), "(INTERNALDATE)")
+            self._check(typ, data, "UID FETCH INTERNALDATE")
+            for item in data:
+                line = item[0] if isinstance(item, tuple) else item
+                if not isinstance(line, bytes):
+                    continue
+                uid = _FETCH_UID.search(line)
+                parsed = imaplib.Internaldate2tuple(line)
+                if uid and parsed:
+                    dates[int(uid.group(1))] = datetime.fromtimestamp(time.mktime(parsed), UTC)
+        return dates
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move exactly ``uids`` to ``folder`` (UID MOVE, or COPY then expunge)."""
+        if not uids:
+            return
+        uid_set = _uid_set(uids)
+        if "MOVE" in self.imap.capabilities:
+            typ, data = self.imap.uid("MOVE", uid_set, _quote(folder))
+            self._check(typ, data, f"UID MOVE to {folder!r}")
+            return
+        typ, data = self.imap.uid("COPY", uid_set, _quote(folder))
+        self._check(typ, data, f"UID COPY to {folder!r}")
+        self.delete(uids)
+
+    def mark_seen(self, uids: Sequence[int]) -> None:
+        if not uids:
+            return
+        typ, data = self.imap.uid("STORE", _uid_set(uids), "+FLAGS.SILENT", r"(\Seen)")
+        self._check(typ, data, "UID STORE \\Seen")
 
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """Return RFC822.SIZE per UID, so large messages can be fetched alone."""
@@ -266,8 +311,7 @@ class MailboxSession:
             return
         uid_set = _uid_set(uids)
         if trash_folder is not None:
-            typ, data = self.imap.uid("MOVE", uid_set, _quote(trash_folder))
-            self._check(typ, data, f"UID MOVE to {trash_folder!r}")
+            self.move(uids, trash_folder)
             return
         typ, data = self.imap.uid("STORE", uid_set, "+FLAGS.SILENT", r"(\Deleted)")
         self._check(typ, data, "UID STORE \\Deleted")
@@ -298,14 +342,18 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
 
 
 def open_mailbox(
-    settings: ImapSettings, *, password: str | None = None, access_token: str | None = None
+    settings: ImapSettings,
+    *,
+    password: str | None = None,
+    access_token: str | None = None,
+    readonly: bool = False,
 ) -> MailboxSession:
-    """Connect with TLS, log in, and select the folder."""
+    """Connect with TLS, log in, and select the folder (read-only when asked)."""
     imap = _connect(settings)
     try:
         _authenticate(imap, settings, password, access_token)
         session = MailboxSession(imap, settings)
-        session.select(settings.folder)
+        session.select(settings.folder, readonly=readonly)
     except BaseException:
         with contextlib.suppress(OSError):
             imap.shutdown()

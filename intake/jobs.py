@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from models import (
     ProcessedMessage,
 )
 from outgoing import notifications
+from robotcode import rules
 from storage import FileStore
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,13 @@ class ConnectorSettings:
     mail_account_id: int | None
     provider: str | None
     password_encrypted: bytes | None
+    source_location: str = "email"
+    after_processing: str = "delete"
+    move_to_folder: str | None = None
+    process_mail_after: datetime | None = None
+    rules: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    notifications: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_model(cls, connector: Connector) -> ConnectorSettings:
@@ -74,6 +83,13 @@ class ConnectorSettings:
             mail_account_id=connector.mail_account_id,
             provider=connector.mail_account.provider if connector.mail_account else None,
             password_encrypted=connector.password_encrypted,
+            source_location=connector.source_location.value,
+            after_processing=connector.after_processing.value,
+            move_to_folder=connector.move_to_folder,
+            process_mail_after=connector.process_mail_after,
+            rules=dict(connector.rules or {}),
+            options=dict(connector.options or {}),
+            notifications=dict(connector.notifications or {}),
         )
 
 
@@ -88,7 +104,7 @@ class PreparedMessage:
     warnings: list[str] = field(default_factory=list)
 
 
-def _job_name(
+def _default_job_name(
     settings: ConnectorSettings, messages: list[PreparedMessage], file_name: str | None
 ) -> str:
     if file_name is not None:
@@ -98,6 +114,28 @@ def _job_name(
         return subject[:300]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"{settings.name}: {len(messages)} e-mails, {stamp}"[:300]
+
+
+def _job_name(
+    settings: ConnectorSettings,
+    messages: list[PreparedMessage],
+    files: list[ExtractedFile],
+    file_name: str | None,
+) -> str:
+    default = _default_job_name(settings, messages, file_name)
+    if not settings.rules.get("job_name"):
+        return default
+    first = messages[0].info
+    name = rules.job_name(
+        settings.rules,
+        subject=first.subject or "",
+        sender=first.sender or "",
+        file_name=file_name or "",
+        files=[f.name for f in files],
+        connector=settings.name,
+        date=first.date or datetime.now(UTC),
+    )
+    return name or default
 
 
 def _new_job(
@@ -113,7 +151,9 @@ def _new_job(
     first = messages[0].info
     job = Job(
         kind=settings.job_kind,
-        name=_job_name(settings, messages, file_name),
+        name=_job_name(settings, messages, files, file_name),
+        deadline=rules.deadline(settings.rules, first.date or datetime.now(UTC)),
+        notes=settings.rules.get("notes") or None,
         client_id=settings.client_id,
         budget_code=settings.budget_code,
         connector_id=settings.id,
@@ -156,10 +196,10 @@ def commit_jobs(
     uidvalidity: int,
     messages: list[PreparedMessage],
     store: FileStore,
-) -> int:
+) -> list[int]:
     """Create the jobs for ``messages`` and their ledger rows in one transaction.
 
-    Returns the number of jobs. On failure the transaction is rolled back,
+    Returns the ids of the new jobs. On failure the transaction is rolled back,
     the files already moved into the store are removed, and the error is
     re-raised; the messages stay in the folder.
     """
@@ -170,6 +210,12 @@ def commit_jobs(
             all_files = [f for message in messages for f in message.files]
             job = _new_job(session, settings, run_id, messages, all_files, store, stored, None)
             jobs.extend((message, job) for message in messages)
+        elif settings.aggregation == Aggregation.PER_EMAIL:
+            for message in messages:
+                job = _new_job(
+                    session, settings, run_id, [message], message.files, store, stored, None
+                )
+                jobs.append((message, job))
         else:
             for message in messages:
                 for extracted in message.files:
@@ -202,7 +248,7 @@ def commit_jobs(
                 )
             )
         for job in {id(job): job for _, job in jobs}.values():
-            notifications.job_created(session, job)
+            notifications.job_created(session, job, settings.notifications)
         # The files must be durable before the ledger says the jobs exist.
         store.sync_directories(stored)
         session.commit()
@@ -211,7 +257,7 @@ def commit_jobs(
         for storage_name in stored:
             store.remove(storage_name)
         raise
-    return len({id(job) for _, job in jobs})
+    return list(dict.fromkeys(job.id for _, job in jobs))
 
 
 def record_duplicate(
@@ -249,35 +295,3 @@ def find_earlier(
         )
     )
     return {row.content_hash: row for row in rows}
-
-
-def mark_deleted(session: Session, connector_id: int, uidvalidity: int, uids: list[int]) -> None:
-    session.execute(
-        sa.update(ProcessedMessage)
-        .where(
-            ProcessedMessage.connector_id == connector_id,
-            ProcessedMessage.uidvalidity == uidvalidity,
-            ProcessedMessage.uid.in_(uids),
-        )
-        .values(state=LedgerState.DELETED, deleted_at=datetime.now(UTC))
-    )
-    session.commit()
-
-
-def ledgered_uids(
-    session: Session, connector_id: int, uidvalidity: int, uids: list[int]
-) -> set[int]:
-    """Return which of ``uids`` already have jobs (their delete was interrupted)."""
-    found: set[int] = set()
-    for start in range(0, len(uids), 500):
-        chunk = uids[start : start + 500]
-        found.update(
-            session.scalars(
-                sa.select(ProcessedMessage.uid).where(
-                    ProcessedMessage.connector_id == connector_id,
-                    ProcessedMessage.uidvalidity == uidvalidity,
-                    ProcessedMessage.uid.in_(chunk),
-                )
-            )
-        )
-    return found

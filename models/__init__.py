@@ -2,13 +2,18 @@
 
 from .base import Base, UTCDateTime, utcnow
 from .connectors import (
+    AfterProcessing,
     Aggregation,
     AuthMethod,
     Connector,
     ConnectorRun,
+    ConnectorStore,
     JobKind,
+    MessageFailure,
     RunProblem,
     RunStatus,
+    SourceLocation,
+    StoreRole,
     connector_target_languages,
 )
 from .jobs import Job, JobFile, LedgerState, ProcessedMessage, job_target_languages
@@ -25,6 +30,11 @@ from .reference import BudgetCode, Client, Language, Service, Specialization
 from .users import User
 
 __all__ = [
+    "AfterProcessing",
+    "ConnectorStore",
+    "MessageFailure",
+    "SourceLocation",
+    "StoreRole",
     "Aggregation",
     "AuthMethod",
     "Base",

@@ -21,7 +21,21 @@ class JobKind(enum.StrEnum):
 
 class Aggregation(enum.StrEnum):
     SEPARATELY = "separately"  # one job per top-level file
+    PER_EMAIL = "per_email"  # one job per e-mail with all its files
     BATCH = "batch"  # one job for all files found in one scan
+
+
+class SourceLocation(enum.StrEnum):
+    EMAIL = "email"
+    FOLDER = "folder"  # a directory under FILES_ROOT/locations
+    FTP = "ftp"
+    SFTP = "sftp"
+
+
+class AfterProcessing(enum.StrEnum):
+    DELETE = "delete"
+    MOVE = "move"
+    MARK_SEEN = "mark_seen"
 
 
 class AuthMethod(enum.StrEnum):
@@ -69,6 +83,25 @@ class Connector(Base):
     mail_account_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("mail_accounts.id", ondelete="SET NULL")
     )
+    source_location: Mapped[SourceLocation] = mapped_column(
+        enum_column(SourceLocation), default=SourceLocation.EMAIL
+    )
+    # SFTP input: the private key (encrypted) and the server's expected key.
+    private_key_encrypted: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    known_host_key: Mapped[str | None] = mapped_column(sa.Text)
+    ftp_tls: Mapped[bool] = mapped_column(default=False)
+    after_processing: Mapped[AfterProcessing] = mapped_column(
+        enum_column(AfterProcessing), default=AfterProcessing.DELETE
+    )
+    move_to_folder: Mapped[str | None] = mapped_column(sa.String(255))
+    # On first activation, mail received before this is left alone.
+    process_mail_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Robot Code parts that have no column of their own: rules, options,
+    # notifications, weekly schedule. Validated by robotcode before saving.
+    rules: Mapped[dict[str, object]] = mapped_column(sa.JSON, default=dict)
+    options: Mapped[dict[str, object]] = mapped_column(sa.JSON, default=dict)
+    notifications: Mapped[dict[str, object]] = mapped_column(sa.JSON, default=dict)
+    weekly_schedule: Mapped[dict[str, object] | None] = mapped_column(sa.JSON)
 
     person_responsible_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("users.id", ondelete="SET NULL")
@@ -110,11 +143,63 @@ class ConnectorRun(Base):
     messages_seen: Mapped[int] = mapped_column(default=0)
     jobs_created: Mapped[int] = mapped_column(default=0)
     messages_deleted: Mapped[int] = mapped_column(default=0)
+    messages_skipped: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
 
     problems: Mapped[list[RunProblem]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunProblem.id"
     )
+
+
+class StoreRole(enum.StrEnum):
+    SUCCESS = "success"
+    ERROR = "error"
+
+
+class ConnectorStore(Base):
+    """Where copies of a connector's files go after success, or after an error."""
+
+    __tablename__ = "connector_stores"
+    __table_args__ = (sa.UniqueConstraint("connector_id", "role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector_id: Mapped[int] = mapped_column(sa.ForeignKey("connectors.id", ondelete="CASCADE"))
+    role: Mapped[StoreRole] = mapped_column(enum_column(StoreRole))
+    location: Mapped[SourceLocation] = mapped_column(enum_column(SourceLocation))
+    host: Mapped[str | None] = mapped_column(sa.String(255))
+    port: Mapped[int | None]
+    username: Mapped[str | None] = mapped_column(sa.String(254))
+    password_encrypted: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    private_key_encrypted: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    known_host_key: Mapped[str | None] = mapped_column(sa.Text)
+    ftp_tls: Mapped[bool] = mapped_column(default=False)
+    path: Mapped[str] = mapped_column(sa.String(1024), default="")
+
+
+class MessageFailure(Base):
+    """A message that failed; after ``max_attempts`` runs it is quarantined.
+
+    Quarantined messages stay in the mailbox and are skipped until someone
+    asks for them to be processed again.
+    """
+
+    __tablename__ = "message_failures"
+    __table_args__ = (sa.UniqueConstraint("connector_id", "uidvalidity", "uid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connector_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("connectors.id", ondelete="CASCADE"), index=True
+    )
+    uidvalidity: Mapped[int] = mapped_column(sa.BigInteger)
+    uid: Mapped[int] = mapped_column(sa.BigInteger)
+    message_id: Mapped[str | None] = mapped_column(sa.String(998))
+    sender: Mapped[str | None] = mapped_column(sa.String(998))
+    subject: Mapped[str | None] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str] = mapped_column(sa.Text)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RunProblem(Base):

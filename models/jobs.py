@@ -50,6 +50,8 @@ class Job(Base):
     source_subject: Mapped[str | None] = mapped_column(sa.Text)
     source_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     source_message_id: Mapped[str | None] = mapped_column(sa.String(998))
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notes: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     client: Mapped[Client] = relationship()
@@ -83,8 +85,9 @@ class JobFile(Base):
 
 
 class LedgerState(enum.StrEnum):
-    COMMITTED = "committed"  # jobs exist; the message may still be in the folder
-    DELETED = "deleted"
+    COMMITTED = "committed"  # jobs exist; the after-processing action may not have run
+    DELETED = "deleted"  # the after-processing action (delete, move, mark seen) ran
+    SKIPPED = "skipped"  # a Robot Code rule skipped the message; it stays untouched
 
 
 class ProcessedMessage(Base):

@@ -35,8 +35,18 @@ SPECIALIZATIONS = (
 
 # Fictitious sample clients on example.com, a domain reserved by RFC 2606.
 SAMPLE_CLIENTS = (
-    ("Northwind Pharma GmbH", "Greta Vogel", "greta.vogel@northwind.example.com", ("NWP-2026", "NWP-REG")),
-    ("Contoso Legal LLP", "Daniel Okafor", "d.okafor@contoso-legal.example.com", ("CL-LIT", "CL-CORP")),
+    (
+        "Northwind Pharma GmbH",
+        "Greta Vogel",
+        "greta.vogel@northwind.example.com",
+        ("NWP-2026", "NWP-REG"),
+    ),
+    (
+        "Contoso Legal LLP",
+        "Daniel Okafor",
+        "d.okafor@contoso-legal.example.com",
+        ("CL-LIT", "CL-CORP"),
+    ),
     ("Fabrikam Motors", "Aiko Tanaka", "aiko.tanaka@fabrikam.example.com", ("FM-MANUALS",)),
 )
 

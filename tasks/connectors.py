@@ -10,6 +10,7 @@ from celery import shared_task
 from flask import current_app
 
 from intake import run_connector
+from intake.preview import take_selection
 from intake.schedule import claim_due_connectors
 from logconfig import task_id_var
 from runtime import Services
@@ -50,12 +51,24 @@ def enqueue_due() -> int:
     soft_time_limit=25 * 60,
     time_limit=30 * 60,
 )
-def scan(self, connector_id: int, trigger: str = "schedule") -> str | None:  # type: ignore[no-untyped-def]
-    """Run one connector now; skipped if a run of it is already going on."""
+def scan(  # type: ignore[no-untyped-def]
+    self, connector_id: int, trigger: str = "schedule", test_token: str | None = None
+) -> str | None:
+    """Run one connector now; skipped if a run of it is already going on.
+
+    ``test_token`` names a Test Connector preview: only its messages are processed.
+    """
     token = task_id_var.set(self.request.id)
     try:
         services = _services()
-        outcome = run_connector(services.intake_context(), connector_id, trigger)
+        ctx = services.intake_context()
+        only = None
+        if test_token is not None:
+            only = take_selection(ctx, connector_id, test_token)
+            if only is None:
+                logger.warning("test selection of connector %s expired or was used", connector_id)
+                return None
+        outcome = run_connector(ctx, connector_id, trigger, only=only)
         services.redis.set(WORKER_DONE_KEY, str(time.time()))
         return outcome.status.value if outcome else None
     finally:

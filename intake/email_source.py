@@ -1,0 +1,327 @@
+"""Processing one IMAP folder: fetch in batches, make jobs, then act on the mail.
+
+Order of steps, which the no-loss and no-duplicate guarantees rest on:
+fetch, extract to disk, commit jobs with ledger rows, then delete (or move,
+or mark seen) exactly those UIDs, then mark the ledger rows done. A crash
+anywhere leaves the message in the folder; the ledger turns the next run
+into the after-processing action only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from extraction import ExtractionOptions, extract_files, parse_message_info
+from imapsession import MailboxError, MailboxSession
+from models import Aggregation, LedgerState, ProcessedMessage
+from robotcode import rules
+
+from .context import IntakeContext
+from .failures import DEFAULT_MAX_ATTEMPTS, clear_failures, quarantined_uids, record_failure
+from .jobs import ConnectorSettings, PreparedMessage, commit_jobs, find_earlier, record_duplicate
+from .outcome import RunOutcome
+
+logger = logging.getLogger(__name__)
+
+SAVE_FAILED = "Could not save the job; see the worker log. The e-mail stays in the folder."
+
+
+class MailboxRun:
+    """One pass over a connector's folder."""
+
+    def __init__(
+        self,
+        ctx: IntakeContext,
+        settings: ConnectorSettings,
+        run_id: int,
+        mailbox: MailboxSession,
+        outcome: RunOutcome,
+        workdir: Path,
+        lock: redis.lock.Lock | None,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.run_id = run_id
+        self.mailbox = mailbox
+        self.outcome = outcome
+        self.workdir = workdir
+        self.lock = lock
+        self.uidvalidity = mailbox.uidvalidity
+        self.max_attempts = int(settings.options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+        self.extraction = ExtractionOptions(
+            include_inline_images=bool(settings.options.get("include_inline_images")),
+            unpack_zip=bool(settings.options.get("unpack_zip")),
+        )
+        self.trash: str | None = None
+        if settings.after_processing == "delete" and settings.provider == "google":
+            # Gmail keeps an expunged message in All Mail; moving it to the
+            # folder flagged \Trash really removes it.
+            self.trash = mailbox.trash_folder()
+
+    # Listing -----------------------------------------------------------------
+
+    def candidate_uids(self) -> list[int]:
+        """List the folder's UIDs that this connector may still act on."""
+        cutoff = self.settings.process_mail_after
+        uids = self.mailbox.search_uids(
+            unseen_only=self.settings.after_processing == "mark_seen",
+            since=cutoff.date() if cutoff else None,
+        )
+        if cutoff is not None and uids:
+            arrived = self.mailbox.internal_dates(uids)
+            uids = [uid for uid in uids if arrived.get(uid, cutoff) >= cutoff]
+        return uids
+
+    def ledger(self, uids: list[int]) -> dict[int, LedgerState]:
+        states: dict[int, LedgerState] = {}
+        with self.ctx.db.session() as session:
+            for start in range(0, len(uids), 500):
+                chunk = uids[start : start + 500]
+                rows = session.execute(
+                    sa.select(ProcessedMessage.uid, ProcessedMessage.state).where(
+                        ProcessedMessage.connector_id == self.settings.id,
+                        ProcessedMessage.uidvalidity == self.uidvalidity,
+                        ProcessedMessage.uid.in_(chunk),
+                    )
+                )
+                states.update({int(uid): state for uid, state in rows})
+        return states
+
+    # After processing --------------------------------------------------------
+
+    def finish(self, uids: list[int]) -> None:
+        """Run the after-processing action on ``uids`` and mark their ledger rows done."""
+        if not uids:
+            return
+        action = self.settings.after_processing
+        if action == "move" and self.settings.move_to_folder:
+            self.mailbox.move(uids, self.settings.move_to_folder)
+        elif action == "mark_seen":
+            self.mailbox.mark_seen(uids)
+        else:
+            self.mailbox.delete(uids, trash_folder=self.trash)
+        with self.ctx.db.session() as session:
+            session.execute(
+                sa.update(ProcessedMessage)
+                .where(
+                    ProcessedMessage.connector_id == self.settings.id,
+                    ProcessedMessage.uidvalidity == self.uidvalidity,
+                    ProcessedMessage.uid.in_(uids),
+                    ProcessedMessage.state == LedgerState.COMMITTED,
+                )
+                .values(state=LedgerState.DELETED, deleted_at=datetime.now(UTC))
+            )
+            clear_failures(session, self.settings.id, self.uidvalidity, uids)
+            session.commit()
+        self.outcome.messages_deleted += len(uids)
+
+    # The pass ------------------------------------------------------------------
+
+    def process(self, only_uids: list[int] | None = None) -> None:
+        """Process the folder, or only ``only_uids`` (Finish Test)."""
+        uids = self.candidate_uids()
+        if only_uids is not None:
+            wanted = set(only_uids)
+            uids = [uid for uid in uids if uid in wanted]
+        self.outcome.messages_seen = len(uids)
+
+        states = self.ledger(uids)
+        interrupted = [uid for uid in uids if states.get(uid) == LedgerState.COMMITTED]
+        if interrupted:
+            logger.info("finishing the interrupted action on %d messages", len(interrupted))
+            self.finish(interrupted)
+        with self.ctx.db.session() as session:
+            quarantined = quarantined_uids(session, self.settings.id, self.uidvalidity)
+        todo = [uid for uid in uids if uid not in states and uid not in quarantined]
+
+        pending: list[PreparedMessage] = []  # batch aggregation: one job at the end
+        sizes = self.mailbox.sizes(todo) if todo else {}
+        for batch in batches(todo, sizes, self.ctx.fetch_batch_size, self.ctx.fetch_batch_bytes):
+            if self.lock is not None:
+                self.lock.reacquire()
+            prepared = self.prepare_batch(batch)
+            if self.settings.aggregation == Aggregation.BATCH:
+                pending.extend(prepared)
+                continue
+            self.finish(self.commit(prepared))
+        if pending:
+            self.finish(self.commit(pending))
+
+    def prepare_batch(self, batch: list[int]) -> list[PreparedMessage]:
+        fetched_batch = self.mailbox.fetch(batch)
+        prepared: list[PreparedMessage] = []
+        repeated: list[int] = []
+        with self.ctx.db.session() as session:
+            earlier_by_hash = find_earlier(
+                session,
+                self.settings.id,
+                [hashlib.sha256(fetched.raw).hexdigest() for fetched in fetched_batch],
+            )
+            for fetched in fetched_batch:
+                message = self.prepare(session, fetched.uid, fetched.raw, earlier_by_hash)
+                if message is None:
+                    continue
+                if message.files:
+                    prepared.append(message)
+                else:
+                    repeated.append(message.uid)
+            session.commit()
+        self.finish(repeated)
+        return prepared
+
+    def prepare(
+        self,
+        session: Session,
+        uid: int,
+        raw: bytes,
+        earlier_by_hash: dict[str, ProcessedMessage],
+    ) -> PreparedMessage | None:
+        """Extract one message's files; return None when it makes no job now.
+
+        A message already turned into a job comes back with no files, so the
+        caller only runs the after-processing action on it.
+        """
+        content_hash = hashlib.sha256(raw).hexdigest()
+        earlier = earlier_by_hash.get(content_hash)
+        if earlier is not None:
+            info = parse_message_info(raw)
+            if earlier.message_id is None or earlier.message_id == info.message_id:
+                # Same bytes already made a job, before the UIDVALIDITY changed.
+                logger.info("uid %s repeats an already processed message", uid)
+                record_duplicate(session, self.settings, self.uidvalidity, uid, earlier)
+                return PreparedMessage(uid=uid, content_hash=content_hash, info=info, files=[])
+
+        if self.settings.rules:
+            info = parse_message_info(raw)
+            accepted, reason = rules.message_accepted(self.settings.rules, info)
+            if not accepted:
+                logger.info("uid %s skipped: %s", uid, reason)
+                self.skip(session, uid, content_hash, info.message_id)
+                return None
+
+        result = extract_files(raw, self.workdir, self.extraction)
+        files = [f for f in result.files if rules.file_accepted(self.settings.rules, f.name)]
+        prepared = PreparedMessage(
+            uid=uid, content_hash=content_hash, info=result.info, files=files
+        )
+        if not files:
+            detail = "; ".join(result.problems)
+            if detail:
+                reason = f"No file could be read from the e-mail: {detail}"
+            elif result.files:
+                reason = "No attachment matches the connector's file patterns"
+            else:
+                reason = "The e-mail has no attachments, so there is nothing to make a job from"
+            self.fail(session, uid, prepared, f"{reason}. It stays in the folder.")
+            return None
+        for problem in result.problems:
+            self.outcome.problem(
+                uid, prepared, f"Job created, but part of the e-mail was damaged: {problem}"
+            )
+        return prepared
+
+    def skip(self, session: Session, uid: int, content_hash: str, message_id: str | None) -> None:
+        session.add(
+            ProcessedMessage(
+                connector_id=self.settings.id,
+                uidvalidity=self.uidvalidity,
+                uid=uid,
+                message_id=message_id[:998] if message_id else None,
+                content_hash=content_hash,
+                state=LedgerState.SKIPPED,
+            )
+        )
+        self.outcome.messages_skipped += 1
+
+    def fail(
+        self, session: Session, uid: int, message: PreparedMessage | None, reason: str
+    ) -> None:
+        quarantined = record_failure(
+            session,
+            connector_id=self.settings.id,
+            uidvalidity=self.uidvalidity,
+            uid=uid,
+            info=message.info if message else None,
+            reason=reason,
+            max_attempts=self.max_attempts,
+            now=datetime.now(UTC),
+        )
+        if quarantined:
+            reason += (
+                f" It failed {self.max_attempts} times and is now quarantined: runs skip it "
+                "until someone clicks Process again."
+            )
+        self.outcome.problem(uid, message, reason)
+
+    def commit(self, messages: list[PreparedMessage]) -> list[int]:
+        """Commit the jobs of ``messages`` and return the UIDs that are done.
+
+        The whole batch goes in one transaction; if that fails, each message is
+        tried alone so one bad message does not hold back the others.
+        """
+        if not messages:
+            return []
+        with self.ctx.db.session() as session:
+            try:
+                self.created(self.commit_in(session, messages))
+                return [message.uid for message in messages]
+            except Exception:
+                if self.settings.aggregation == Aggregation.BATCH or len(messages) == 1:
+                    logger.exception("saving the jobs failed")
+                    self.failed_to_save(messages)
+                    return []
+                logger.warning(
+                    "saving %d messages together failed; trying one by one", len(messages)
+                )
+        saved = []
+        for message in messages:
+            with self.ctx.db.session() as session:
+                try:
+                    self.created(self.commit_in(session, [message]))
+                    saved.append(message.uid)
+                except Exception:
+                    logger.exception("saving the job of uid %s failed", message.uid)
+                    self.failed_to_save([message])
+        return saved
+
+    def commit_in(self, session: Session, messages: list[PreparedMessage]) -> list[int]:
+        return commit_jobs(
+            session, self.settings, self.run_id, self.uidvalidity, messages, self.ctx.store
+        )
+
+    def created(self, job_ids: list[int]) -> None:
+        self.outcome.jobs_created += len(job_ids)
+        self.outcome.created_job_ids.extend(job_ids)
+
+    def failed_to_save(self, messages: list[PreparedMessage]) -> None:
+        with self.ctx.db.session() as session:
+            for message in messages:
+                self.fail(session, message.uid, message, SAVE_FAILED)
+            session.commit()
+
+
+def batches(uids: list[int], sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
+    """Group ``uids`` so each UID FETCH has at most ``count`` messages and ``max_bytes``."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if current and (len(current) >= count or current_bytes + size > max_bytes):
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append(uid)
+        current_bytes += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+__all__ = ["MailboxError", "MailboxRun", "batches"]

@@ -1,0 +1,148 @@
+"""Test Connector: connect, list the folder and show what a run would make.
+
+The preview changes nothing: the folder is opened read-only (EXAMINE) and
+messages are fetched with BODY.PEEK, so even \\Seen flags stay as they are.
+The previewed UIDs are kept in Redis for an hour so that Finish Test
+processes exactly those messages.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from extraction import ExtractionOptions, extract_files
+from imapsession import MailboxError
+from mailauth import TokenError
+from models import Aggregation, Connector, RunStatus
+from robotcode import rules
+
+from .context import IntakeContext
+from .email_source import MailboxRun
+from .jobs import ConnectorSettings
+from .outcome import RunOutcome
+from .run import TestSelection, login
+
+SELECTION_SECONDS = 3600
+# A preview shows at most this many messages; Finish Test processes only those.
+PREVIEW_LIMIT = 50
+
+
+@dataclass
+class PreviewMessage:
+    uid: int
+    sender: str | None
+    subject: str | None
+    date: datetime | None
+    files: list[tuple[str, int]] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)
+    note: str | None = None  # why the message would make no job
+
+
+@dataclass
+class Preview:
+    connector_id: int
+    connection: str = ""
+    folder: str = ""
+    total: int = 0
+    messages: list[PreviewMessage] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)  # with batch aggregation, the one job
+    error: str | None = None
+    token: str | None = None  # hands the selection to Finish Test
+
+
+def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
+    """Connect and describe what a run would do now, changing nothing."""
+    preview = Preview(connector_id=connector_id)
+    with ctx.db.session() as session:
+        connector = session.get(Connector, connector_id)
+        if connector is None:
+            preview.error = f"Connector {connector_id} does not exist"
+            return preview
+        settings = ConnectorSettings.from_model(connector)
+    preview.folder = settings.folder
+    workdir = tempfile.mkdtemp(prefix="preview-", dir=ctx.store.work_root)
+    try:
+        with login(ctx, settings, readonly=True) as mailbox:
+            preview.connection = (
+                f"Logged in to {settings.host}:{settings.port} as {settings.username} "
+                f"({'SSL' if settings.use_ssl else 'STARTTLS'}, {settings.auth_method})"
+            )
+            scan = MailboxRun(
+                ctx, settings, 0, mailbox, RunOutcome(0, RunStatus.RUNNING), Path(workdir), None
+            )
+            uids = scan.candidate_uids()
+            states = scan.ledger(uids)
+            waiting = [uid for uid in uids if uid not in states][:PREVIEW_LIMIT]
+            preview.total = len(uids)
+            options = ExtractionOptions(
+                include_inline_images=bool(settings.options.get("include_inline_images")),
+                unpack_zip=bool(settings.options.get("unpack_zip")),
+            )
+            for fetched in mailbox.fetch(waiting):
+                preview.messages.append(
+                    _describe(settings, fetched.uid, fetched.raw, options, workdir)
+                )
+            preview.messages.sort(key=lambda m: m.uid)
+            if settings.aggregation == Aggregation.BATCH and any(m.files for m in preview.messages):
+                preview.jobs = [f"{settings.name}: one job with all files"]
+            preview.token = _remember(ctx, connector_id, mailbox.uidvalidity, waiting)
+    except (MailboxError, TokenError) as exc:
+        preview.error = str(exc)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return preview
+
+
+def _describe(
+    settings: ConnectorSettings, uid: int, raw: bytes, options: ExtractionOptions, workdir: str
+) -> PreviewMessage:
+    result = extract_files(raw, Path(workdir), options)
+    info = result.info
+    message = PreviewMessage(uid=uid, sender=info.sender, subject=info.subject, date=info.date)
+    accepted, reason = rules.message_accepted(settings.rules, info)
+    if not accepted:
+        message.note = f"Skipped by a rule: {reason}"
+        return message
+    files = [f for f in result.files if rules.file_accepted(settings.rules, f.name)]
+    message.files = [(f.name, f.size) for f in files]
+    for extracted in files:
+        extracted.path.unlink(missing_ok=True)
+    if not files:
+        message.note = "No attachments: no job; the e-mail would stay in the folder"
+        return message
+    if settings.aggregation == Aggregation.SEPARATELY:
+        message.jobs = [name for name, _ in message.files]
+    elif settings.aggregation == Aggregation.PER_EMAIL:
+        message.jobs = [info.subject or message.files[0][0]]
+    if result.problems:
+        message.note = "Damaged parts: " + "; ".join(result.problems)
+    return message
+
+
+def _key(connector_id: int, token: str) -> str:
+    return f"mailroom:connector-test:{connector_id}:{token}"
+
+
+def _remember(ctx: IntakeContext, connector_id: int, uidvalidity: int, uids: list[int]) -> str:
+    token = secrets.token_urlsafe(16)
+    ctx.redis.set(
+        _key(connector_id, token),
+        json.dumps({"uidvalidity": uidvalidity, "uids": uids}),
+        ex=SELECTION_SECONDS,
+    )
+    return token
+
+
+def take_selection(ctx: IntakeContext, connector_id: int, token: str) -> TestSelection | None:
+    """Return the previewed messages once; a second Finish Test gets None."""
+    raw = ctx.redis.getdel(_key(connector_id, token))
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return TestSelection(uidvalidity=int(data["uidvalidity"]), uids=[int(u) for u in data["uids"]])
