@@ -214,7 +214,8 @@ def _prepare_demo_data(settings, dovecot) -> None:  # type: ignore[no-untyped-de
                 "client": "Northwind Pharma GmbH",
                 "budget_code": "NWP-2026",
                 "files_aggregation": "separately",
-                "mailbox": {
+                "source": {
+                    "location": "email",
                     "authorization": "oauth2",
                     "provider": "demo",
                     "host": "127.0.0.1",

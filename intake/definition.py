@@ -1,59 +1,106 @@
-"""A connector's definition as plain data, for export, import and scripting.
+"""A connector's definition as Robot Code data, for the form, export and import.
 
 References are by name or ISO code, never by database id, so a definition
-moves between installations. Secrets are never exported.
+moves between installations. Secrets (passwords, client secrets, keys) are
+never part of it. The document shape and its validation live in
+``robotcode``; this module maps it to and from the database.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import (
+    AfterProcessing,
     Aggregation,
     AuthMethod,
     Client,
     Connector,
+    ConnectorStore,
     JobKind,
     Language,
     MailAccount,
     Service,
+    SourceLocation,
     Specialization,
+    StoreRole,
     User,
 )
+from robotcode import dump_robot_code, parse_robot_code
 
 
 class DefinitionError(ValueError):
-    """The definition is invalid; the message names the field and the fix."""
+    """The definition names something that does not exist; the message says what."""
 
 
-FIELDS = {
-    "name", "type", "active", "client", "budget_code", "files_aggregation", "mailbox",
-    "person_responsible", "source_language", "target_languages", "service",
-    "specialization", "schedule",
-}  # fmt: skip
-MAILBOX_FIELDS = {"authorization", "provider", "host", "port", "use_ssl", "username", "folder"}
+def _drop_empty(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value not in (None, "", [], {})}
+
+
+def _store(connector: Connector, role: StoreRole) -> dict[str, Any] | None:
+    row = next((store for store in connector_stores(connector) if store.role == role), None)
+    if row is None:
+        return None
+    return _drop_empty(
+        {
+            "location": row.location.value,
+            "path": row.path or None,
+            "host": row.host,
+            "port": row.port,
+            "username": row.username,
+        }
+    )
+
+
+def connector_stores(connector: Connector) -> list[ConnectorStore]:
+    session = Session.object_session(connector)
+    if session is None or connector.id is None:
+        return []
+    return list(
+        session.scalars(
+            sa.select(ConnectorStore).where(ConnectorStore.connector_id == connector.id)
+        )
+    )
 
 
 def export_connector(connector: Connector) -> dict[str, Any]:
-    return {
+    """Return the connector as Robot Code data (see ``robotcode.ROBOT_CODE_SCHEMA``)."""
+    email = connector.source_location == SourceLocation.EMAIL
+    source = _drop_empty(
+        {
+            "location": connector.source_location.value,
+            "authorization": connector.auth_method.value if email else None,
+            "provider": connector.mail_account.provider
+            if email and connector.auth_method == AuthMethod.OAUTH2 and connector.mail_account
+            else None,
+            "host": connector.host or None,
+            "port": connector.port,
+            "use_ssl": connector.use_ssl if email else None,
+            "username": connector.username or None,
+            "folder": connector.folder,
+            "after_processing": connector.after_processing.value if email else None,
+            "move_to": connector.move_to_folder
+            if connector.after_processing == AfterProcessing.MOVE
+            else None,
+            "process_mail_after": connector.process_mail_after.isoformat()
+            if connector.process_mail_after
+            else None,
+        }
+    )
+    if connector.weekly_schedule:
+        schedule = dict(connector.weekly_schedule)
+    else:
+        schedule = {"every_minutes": connector.interval_minutes}
+    data = {
         "name": connector.name,
         "type": connector.job_kind.value,
         "active": connector.active,
         "client": connector.client.name,
         "budget_code": connector.budget_code,
-        "files_aggregation": connector.aggregation.value,
-        "mailbox": {
-            "authorization": connector.auth_method.value,
-            "provider": connector.mail_account.provider if connector.mail_account else None,
-            "host": connector.host,
-            "port": connector.port,
-            "use_ssl": connector.use_ssl,
-            "username": connector.username,
-            "folder": connector.folder,
-        },
         "person_responsible": connector.person_responsible.email
         if connector.person_responsible
         else None,
@@ -61,8 +108,16 @@ def export_connector(connector: Connector) -> dict[str, Any]:
         "target_languages": sorted(language.code for language in connector.target_languages),
         "service": connector.service.name if connector.service else None,
         "specialization": connector.specialization.name if connector.specialization else None,
-        "schedule": {"every_minutes": connector.interval_minutes},
+        "files_aggregation": connector.aggregation.value,
+        "source": source,
+        "store_on_success": _store(connector, StoreRole.SUCCESS),
+        "store_on_error": _store(connector, StoreRole.ERROR),
+        "schedule": schedule,
+        "notifications": connector.notifications or None,
+        "rules": connector.rules or None,
+        "options": connector.options or None,
     }
+    return _drop_empty(data)
 
 
 def _lookup(session: Session, model: Any, column: Any, value: Any, field: str) -> Any:
@@ -74,39 +129,18 @@ def _lookup(session: Session, model: Any, column: Any, value: Any, field: str) -
     return row
 
 
-def _choice(value: Any, kind: Any, field: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(member.value for member in kind)
-        raise DefinitionError(f"{field}: {value!r} is not one of {allowed}") from None
-
-
 def apply_definition(
     session: Session, data: dict[str, Any], connector: Connector | None = None
 ) -> Connector:
-    """Create or update a connector from ``data``; the caller commits."""
-    if not isinstance(data, dict):
-        raise DefinitionError("the definition must be a mapping of fields")
-    unknown = set(data) - FIELDS
-    if unknown:
-        raise DefinitionError(f"unknown fields {sorted(unknown)}; allowed: {sorted(FIELDS)}")
-    mailbox = data.get("mailbox") or {}
-    if not isinstance(mailbox, dict):
-        raise DefinitionError("mailbox must be a mapping")
-    unknown = set(mailbox) - MAILBOX_FIELDS
-    if unknown:
-        raise DefinitionError(f"mailbox: unknown fields {sorted(unknown)}")
-    for required in ("name", "client"):
-        if not data.get(required):
-            raise DefinitionError(f"{required} is required")
-    for required in ("host", "username"):
-        if not mailbox.get(required):
-            raise DefinitionError(f"mailbox.{required} is required")
+    """Create or update a connector from Robot Code data; the caller commits.
 
+    ``data`` is validated against the schema first, so a dict built in code
+    gets the same checks as a text typed into the Robot Code field.
+    """
+    data = parse_robot_code(dump_robot_code(data))
     connector = connector or Connector()
     connector.name = str(data["name"])
-    connector.job_kind = _choice(data.get("type", "project"), JobKind, "type")
+    connector.job_kind = JobKind(data.get("type", "project"))
     connector.active = bool(data.get("active", True))
     connector.client = _lookup(session, Client, Client.name, data["client"], "client")
     budget_code = data.get("budget_code")
@@ -115,24 +149,25 @@ def apply_definition(
             f"budget_code: {budget_code!r} is not a budget code of {connector.client.name}"
         )
     connector.budget_code = budget_code
-    connector.aggregation = _choice(
-        data.get("files_aggregation", "separately"), Aggregation, "files_aggregation"
-    )
-    connector.auth_method = _choice(
-        mailbox.get("authorization", "oauth2"), AuthMethod, "mailbox.authorization"
-    )
-    connector.host = str(mailbox["host"])
-    port = mailbox.get("port", 993)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise DefinitionError(f"mailbox.port: {port!r} is not a port number (1-65535)")
-    connector.port = port
-    connector.use_ssl = bool(mailbox.get("use_ssl", True))
-    connector.username = str(mailbox["username"])
-    connector.folder = str(mailbox.get("folder") or "INBOX")
-    if connector.auth_method == AuthMethod.OAUTH2:
-        provider = mailbox.get("provider")
-        if not provider:
-            raise DefinitionError("mailbox.provider is required with authorization oauth2")
+    connector.aggregation = Aggregation(data.get("files_aggregation", "separately"))
+
+    source = data.get("source") or {"location": "email"}
+    connector.source_location = SourceLocation(source["location"])
+    connector.auth_method = AuthMethod(source.get("authorization", "oauth2"))
+    connector.host = str(source.get("host") or "")
+    connector.port = int(source.get("port") or (993 if source.get("use_ssl", True) else 143))
+    connector.use_ssl = bool(source.get("use_ssl", True))
+    connector.username = str(source.get("username") or "")
+    connector.folder = str(source.get("folder") or "INBOX")
+    connector.after_processing = AfterProcessing(source.get("after_processing", "delete"))
+    connector.move_to_folder = source.get("move_to")
+    after = source.get("process_mail_after")
+    connector.process_mail_after = datetime.fromisoformat(after) if after else None
+    if (
+        connector.source_location == SourceLocation.EMAIL
+        and connector.auth_method == AuthMethod.OAUTH2
+    ):
+        provider = source["provider"]
         email = connector.username.lower()
         account = session.scalars(
             sa.select(MailAccount).where(
@@ -152,19 +187,47 @@ def apply_definition(
     connector.source_language = _lookup(
         session, Language, Language.code, data.get("source_language"), "source_language"
     )
-    targets = data.get("target_languages") or []
-    if not isinstance(targets, list):
-        raise DefinitionError("target_languages must be a list of language codes")
     connector.target_languages = [
-        _lookup(session, Language, Language.code, code, "target_languages") for code in targets
+        _lookup(session, Language, Language.code, code, "target_languages")
+        for code in data.get("target_languages") or []
     ]
     connector.service = _lookup(session, Service, Service.name, data.get("service"), "service")
     connector.specialization = _lookup(
         session, Specialization, Specialization.name, data.get("specialization"), "specialization"
     )
-    schedule = data.get("schedule") or {}
-    every = schedule.get("every_minutes", 5) if isinstance(schedule, dict) else None
-    if not isinstance(every, int) or not 1 <= every <= 10080:
-        raise DefinitionError(f"schedule.every_minutes: {every!r} must be 1 to 10080 minutes")
-    connector.interval_minutes = every
+
+    schedule = data.get("schedule") or {"every_minutes": 5}
+    if "every_minutes" in schedule:
+        connector.interval_minutes = int(schedule["every_minutes"])
+        connector.weekly_schedule = None
+    else:
+        connector.weekly_schedule = dict(schedule)
+    connector.notifications = dict(data.get("notifications") or {})
+    connector.rules = dict(data.get("rules") or {})
+    connector.options = dict(data.get("options") or {})
+    _apply_stores(session, connector, data)
     return connector
+
+
+def _apply_stores(session: Session, connector: Connector, data: dict[str, Any]) -> None:
+    """Set the store rows' locations; secrets stay as they are (the form sets them)."""
+    existing = {store.role: store for store in connector_stores(connector)}
+    for role, key in ((StoreRole.SUCCESS, "store_on_success"), (StoreRole.ERROR, "store_on_error")):
+        values = data.get(key)
+        row = existing.get(role)
+        if not values or values.get("location") == "none":
+            if row is not None:
+                session.delete(row)
+            continue
+        if row is None:
+            row = ConnectorStore(role=role)
+            if connector.id is None:
+                session.add(connector)
+                session.flush()
+            row.connector_id = connector.id
+            session.add(row)
+        row.location = SourceLocation(values["location"])
+        row.path = values.get("path") or ""
+        row.host = values.get("host")
+        row.port = values.get("port")
+        row.username = values.get("username")

@@ -9,8 +9,15 @@ from sqlalchemy.orm import Session
 
 from models import AuthMethod, Connector, MailAccount, TokenStatus
 
+from .schedules import next_run, parse_schedule
 
-def next_run_after(interval_minutes: int, now: datetime) -> datetime:
+
+def next_run_after(
+    interval_minutes: int, now: datetime, weekly: dict[str, object] | None = None
+) -> datetime:
+    """Return the next due time: chosen days and times when set, else every N minutes."""
+    if weekly:
+        return next_run(parse_schedule(weekly), now)
     return now + timedelta(minutes=interval_minutes)
 
 
@@ -28,7 +35,12 @@ def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> l
         sa.or_(MailAccount.id.is_(None), MailAccount.token_status == TokenStatus.NONE),
     )
     due = session.execute(
-        sa.select(Connector.id, Connector.next_run_at, Connector.interval_minutes)
+        sa.select(
+            Connector.id,
+            Connector.next_run_at,
+            Connector.interval_minutes,
+            Connector.weekly_schedule,
+        )
         .outerjoin(MailAccount, Connector.mail_account_id == MailAccount.id)
         .where(
             Connector.active.is_(True),
@@ -40,11 +52,11 @@ def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> l
         .limit(limit)
     ).all()
     claimed = []
-    for connector_id, due_at, interval in due:
+    for connector_id, due_at, interval, weekly in due:
         result = session.execute(
             sa.update(Connector)
             .where(Connector.id == connector_id, Connector.next_run_at == due_at)
-            .values(next_run_at=next_run_after(interval, now))
+            .values(next_run_at=next_run_after(interval, now, weekly))
         )
         if result.rowcount == 1:
             claimed.append(connector_id)

@@ -47,8 +47,14 @@ type: quote
 active: true
 client: Contoso Legal LLP
 budget_code: CL-LIT
+person_responsible: tomasz.nowak@example.com
+source_language: en
+target_languages: [de, fr]
+service: Translation
+specialization: Legal
 files_aggregation: batch
-mailbox:
+source:
+  location: email
   authorization: oauth2
   provider: microsoft
   host: outlook.office365.com
@@ -56,13 +62,19 @@ mailbox:
   use_ssl: true
   username: Intake@Contoso-Legal.example.com
   folder: Quotes
-person_responsible: tomasz.nowak@example.com
-source_language: en
-target_languages: [de, fr]
-service: Translation
-specialization: Legal
+  after_processing: move
+  move_to: Processed
 schedule:
-  every_minutes: 10
+  days: [mon, tue, wed, thu, fri]
+  times: ["08:00", "13:30"]
+  timezone: Europe/Prague
+notifications:
+  quote_created: {person_responsible: true, client_contact: true}
+rules:
+  skip_subjects: ["(?i)^out of office"]
+  job_name: "{{ subject }}"
+options:
+  max_attempts: 5
 """
 
 
@@ -89,6 +101,15 @@ def test_connector_import_names_the_bad_field(app, seeded, tmp_path) -> None:
     result = app.test_cli_runner().invoke(args=["connectors", "import", str(source)])
     assert result.exit_code != 0
     assert "budget_code: 'NOPE' is not a budget code of Contoso Legal LLP" in result.output
+
+
+def test_connector_import_reports_lines(app, seeded, tmp_path) -> None:
+    source = tmp_path / "bad-schedule.yaml"
+    source.write_text(DEFINITION.replace('times: ["08:00", "13:30"]', 'times: ["8 am"]'))
+    result = app.test_cli_runner().invoke(args=["connectors", "import", str(source)])
+    assert result.exit_code != 0
+    assert "is not valid Robot Code" in result.output
+    assert "line 26: schedule.times[0]: '8 am' is not a time of day" in result.output
 
 
 def test_connectors_run_unknown_id(app) -> None:

@@ -148,3 +148,21 @@ def test_claim_waits_for_first_consent(db: Database) -> None:
         account.token_status = TokenStatus.ACTIVE
         session.commit()
         assert claim_due_connectors(session, now) == [connector_id]
+
+
+def test_weekly_schedule_sets_next_run(db: Database) -> None:
+    # Friday 2026-12-04 18:00 UTC is 19:00 in Prague; the next slot is Monday 08:00.
+    now = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+    with db.session() as session:
+        seed(session)
+        connector = _connector(session, "weekly", now - timedelta(seconds=1))
+        connector.weekly_schedule = {
+            "days": ["mon", "tue", "wed", "thu", "fri"],
+            "times": ["08:00"],
+            "timezone": "Europe/Prague",
+        }
+        session.commit()
+        connector_id = connector.id
+        assert claim_due_connectors(session, now) == [connector_id]
+        session.refresh(connector)
+        assert connector.next_run_at == datetime(2026, 12, 7, 7, 0, tzinfo=UTC)

@@ -1032,7 +1032,7 @@ def test_export_downloads_definition(logged_in, services, saved_oauth_connector)
     with services.db.session() as session:
         expected = export_connector(session.get(Connector, saved_oauth_connector))
     assert yaml.safe_load(response.text) == expected
-    assert expected["mailbox"]["provider"] == "local"
+    assert expected["source"]["provider"] == "local"
     assert CLIENT_SECRET not in response.text
 
 

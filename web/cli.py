@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import click
 import sqlalchemy as sa
-import yaml
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +17,7 @@ from intake import run_connector
 from intake.definition import DefinitionError, apply_definition, export_connector
 from models import Connector, Job, JobKind, User
 from referencedata import seed as seed_reference_data
+from robotcode import RobotCodeError, dump_robot_code, parse_robot_code
 from runtime import Services
 
 from .security import hash_password
@@ -139,24 +139,22 @@ def connectors_export(connector_id: int) -> None:
         connector = session.get(Connector, connector_id)
         if connector is None:
             raise click.ClickException(f"connector {connector_id} does not exist")
-        click.echo(yaml.safe_dump(export_connector(connector), sort_keys=False, allow_unicode=True))
+        click.echo(dump_robot_code(export_connector(connector)))
 
 
 @connectors_group.command(
-    "import", help="Create or update (by name) a connector from YAML or JSON."
+    "import", help="Create or update (by name) a connector from Robot Code (YAML or JSON)."
 )
 @click.argument("source", type=click.File("r", encoding="utf-8"))
 def connectors_import(source: click.utils.LazyFile) -> None:
     try:
-        data = yaml.safe_load(source.read())
-    except yaml.YAMLError as exc:
-        raise click.ClickException(f"{source.name} is not valid YAML or JSON: {exc}") from None
+        data = parse_robot_code(source.read())
+    except RobotCodeError as exc:
+        raise click.ClickException(f"{source.name} is not valid Robot Code:\n{exc}") from None
     with _services().db.session() as session:
-        existing = None
-        if isinstance(data, dict) and data.get("name"):
-            existing = session.scalars(
-                sa.select(Connector).where(Connector.name == data["name"])
-            ).one_or_none()
+        existing = session.scalars(
+            sa.select(Connector).where(Connector.name == data["name"])
+        ).one_or_none()
         try:
             connector = apply_definition(session, data, existing)
         except DefinitionError as exc:
