@@ -27,6 +27,7 @@ from .context import IntakeContext
 from .failures import DEFAULT_MAX_ATTEMPTS, clear_failures, quarantined_uids, record_failure
 from .jobs import ConnectorSettings, PreparedMessage, commit_jobs, find_earlier, record_duplicate
 from .outcome import RunOutcome
+from .stores import copy_failed, copy_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class MailboxRun:
                 reason = "No attachment matches the connector's file patterns"
             else:
                 reason = "The e-mail has no attachments, so there is nothing to make a job from"
-            self.fail(session, uid, prepared, f"{reason}. It stays in the folder.")
+            self.fail(session, uid, prepared, f"{reason}. It stays in the folder.", raw)
             return None
         for problem in result.problems:
             self.outcome.problem(
@@ -241,7 +242,12 @@ class MailboxRun:
         self.outcome.messages_skipped += 1
 
     def fail(
-        self, session: Session, uid: int, message: PreparedMessage | None, reason: str
+        self,
+        session: Session,
+        uid: int,
+        message: PreparedMessage | None,
+        reason: str,
+        raw: bytes | None = None,
     ) -> None:
         quarantined = record_failure(
             session,
@@ -258,7 +264,22 @@ class MailboxRun:
                 f" It failed {self.max_attempts} times and is now quarantined: runs skip it "
                 "until someone clicks Process again."
             )
+            copy_error = self.store_failed(uid, message, raw)
+            if copy_error:
+                reason += f" {copy_error}"
         self.outcome.problem(uid, message, reason)
+
+    def store_failed(
+        self, uid: int, message: PreparedMessage | None, raw: bytes | None
+    ) -> str | None:
+        """Copy a quarantined message's files, or the e-mail itself, to the error store."""
+        files = [(f.path, f.name) for f in message.files] if message and message.files else []
+        if not files and raw is not None:
+            eml = self.workdir / f"uid-{uid}.eml"
+            eml.write_bytes(raw)
+            subject = message.info.subject if message else None
+            files = [(eml, f"{subject or f'message {uid}'}.eml")]
+        return copy_failed(self.ctx, self.settings.id, files, f"message-{uid}")
 
     def commit(self, messages: list[PreparedMessage]) -> list[int]:
         """Commit the jobs of ``messages`` and return the UIDs that are done.
@@ -299,6 +320,9 @@ class MailboxRun:
     def created(self, job_ids: list[int]) -> None:
         self.outcome.jobs_created += len(job_ids)
         self.outcome.created_job_ids.extend(job_ids)
+        copy_error = copy_jobs(self.ctx, self.settings.id, job_ids)
+        if copy_error:
+            self.outcome.problem(None, None, copy_error)
 
     def failed_to_save(self, messages: list[PreparedMessage]) -> None:
         with self.ctx.db.session() as session:

@@ -52,6 +52,9 @@ class ConnectorSettings:
     mail_account_id: int | None
     provider: str | None
     password_encrypted: bytes | None
+    private_key_encrypted: bytes | None = None
+    known_host_key: str | None = None
+    ftp_tls: bool = False
     source_location: str = "email"
     after_processing: str = "delete"
     move_to_folder: str | None = None
@@ -83,6 +86,9 @@ class ConnectorSettings:
             mail_account_id=connector.mail_account_id,
             provider=connector.mail_account.provider if connector.mail_account else None,
             password_encrypted=connector.password_encrypted,
+            private_key_encrypted=connector.private_key_encrypted,
+            known_host_key=connector.known_host_key,
+            ftp_tls=connector.ftp_tls,
             source_location=connector.source_location.value,
             after_processing=connector.after_processing.value,
             move_to_folder=connector.move_to_folder,

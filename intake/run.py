@@ -21,6 +21,7 @@ from imapsession import (
     MailboxSession,
     open_mailbox,
 )
+from locations import LocationError
 from logconfig import connector_id_var, run_id_var
 from mailauth import ConsentRequired, TokenError
 from mailauth.tokens import mark_account
@@ -39,6 +40,7 @@ from .email_source import MailboxRun
 from .jobs import (
     ConnectorSettings,
 )
+from .location_source import LocationRun
 from .outcome import RunOutcome
 
 logger = logging.getLogger(__name__)
@@ -121,22 +123,25 @@ def _run(
     logger.info("run %s of connector %s started (%s)", run_id, connector_id, trigger)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        with login(ctx, settings) as mailbox:
-            if only is not None and only.uidvalidity != mailbox.uidvalidity:
-                raise MailboxError(
-                    f"Folder {settings.folder!r} was recreated since the test "
-                    "(its UIDVALIDITY changed); run Test Connector again"
+        if settings.source_location != "email":
+            LocationRun(ctx, settings, run_id, outcome, workdir, lock).process()
+        else:
+            with login(ctx, settings) as mailbox:
+                if only is not None and only.uidvalidity != mailbox.uidvalidity:
+                    raise MailboxError(
+                        f"Folder {settings.folder!r} was recreated since the test "
+                        "(its UIDVALIDITY changed); run Test Connector again"
+                    )
+                MailboxRun(ctx, settings, run_id, mailbox, outcome, workdir, lock).process(
+                    only.uids if only is not None else None
                 )
-            MailboxRun(ctx, settings, run_id, mailbox, outcome, workdir, lock).process(
-                only.uids if only is not None else None
-            )
         outcome.status = RunStatus.PARTIAL if outcome.problems else RunStatus.SUCCEEDED
     except ConsentRequired as exc:
         outcome.status = RunStatus.FAILED
         outcome.error = str(exc)
         outcome.notify_failure = False
         logger.warning("run %s failed: %s", run_id, exc)
-    except (MailboxError, TokenError) as exc:
+    except (MailboxError, TokenError, LocationError) as exc:
         outcome.status = RunStatus.FAILED
         outcome.error = str(exc)
         logger.warning("run %s failed: %s", run_id, exc)
