@@ -43,3 +43,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def rowcount(result: object) -> int:
+    """Return how many rows an UPDATE or DELETE touched (0 when the driver does not say)."""
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -136,7 +136,8 @@ def supervise(children: list[subprocess.Popen[bytes]]) -> None:
         while True:
             for child in children:
                 if child.poll() is not None:
-                    name = " ".join(str(arg) for arg in child.args[:3])
+                    args = child.args if isinstance(child.args, list) else [child.args]
+                    name = " ".join(str(arg) for arg in args[:3])
                     message = f"Process {child.pid} ({name}) exited with {child.returncode}"
                     print(f"{message}; stopping the others.", file=sys.stderr)
                     raise KeyboardInterrupt

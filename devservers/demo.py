@@ -235,6 +235,7 @@ def _prepare_demo_data(settings, dovecot) -> None:  # type: ignore[no-untyped-de
         connector.next_run_at = datetime.now(UTC)
         session.add(connector)
         account = connector.mail_account
+        assert account is not None  # an OAuth2 definition always links an account
         account.client_id = CLIENT_ID
         account.client_secret_encrypted = box.encrypt(CLIENT_SECRET)
         session.add(

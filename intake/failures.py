@@ -7,6 +7,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from database import rowcount
 from extraction import MessageInfo
 from models import MessageFailure
 
@@ -84,4 +85,4 @@ def release(session: Session, connector_id: int, failure_id: int) -> bool:
             MessageFailure.id == failure_id, MessageFailure.connector_id == connector_id
         )
     )
-    return bool(result.rowcount)
+    return bool(rowcount(result))

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from database import rowcount
 from models import AuthMethod, Connector, MailAccount, TokenStatus
 
 from .schedules import next_run, parse_schedule
@@ -58,7 +59,7 @@ def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> l
             .where(Connector.id == connector_id, Connector.next_run_at == due_at)
             .values(next_run_at=next_run_after(interval, now, weekly))
         )
-        if result.rowcount == 1:
+        if rowcount(result) == 1:
             claimed.append(connector_id)
     session.commit()
     return claimed

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from database import rowcount
 from models import MailAccount, OAuthState
 
 from .client import call_token_endpoint, oauth_session
@@ -112,7 +113,7 @@ def finish_consent(
         raise ConsentError(
             "This consent answer was already used or is unknown; click Generate new token again"
         )
-    deleted = session.execute(sa.delete(OAuthState).where(OAuthState.id == row.id)).rowcount
+    deleted = rowcount(session.execute(sa.delete(OAuthState).where(OAuthState.id == row.id)))
     session.commit()
     if deleted != 1:
         raise ConsentError("This consent answer was already used; click Generate new token again")
@@ -162,4 +163,4 @@ def finish_consent(
 
 def purge_expired_states(session: Session, now: datetime) -> int:
     result = session.execute(sa.delete(OAuthState).where(OAuthState.expires_at < now))
-    return int(result.rowcount or 0)
+    return int(rowcount(result) or 0)

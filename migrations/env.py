@@ -23,7 +23,10 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connectable = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("sqlalchemy.url is not set; run migrations through migrations.upgrade")
+    connectable = create_engine(url, poolclass=pool.NullPool)
     with connectable.connect() as connection:
         # Batch mode lets ALTER TABLE work on SQLite by copying the table.
         context.configure(

@@ -16,6 +16,7 @@ from email.utils import make_msgid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from database import rowcount
 from models import OutboxMessage, OutboxStatus
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def claim(session: Session, message_id: int, now: datetime) -> OutboxMessage | N
         )
     )
     session.commit()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         return None
     return session.get(OutboxMessage, message_id, populate_existing=True)
 

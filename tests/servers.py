@@ -59,6 +59,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server is not installed (apt-get install redis-server)")
+    assert binary is not None
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(

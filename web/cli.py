@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 import click
 import sqlalchemy as sa
@@ -146,7 +147,7 @@ def connectors_export(connector_id: int) -> None:
     "import", help="Create or update (by name) a connector from Robot Code (YAML or JSON)."
 )
 @click.argument("source", type=click.File("r", encoding="utf-8"))
-def connectors_import(source: click.utils.LazyFile) -> None:
+def connectors_import(source: TextIO) -> None:
     try:
         data = parse_robot_code(source.read())
     except RobotCodeError as exc:
