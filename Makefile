@@ -4,11 +4,12 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint env bench help
+.PHONY: run demo flower test lint env bench help
 
 help:
 	@echo "make run    - install, migrate, and start web, worker and beat on 127.0.0.1:5000"
 	@echo "make demo   - the app with a demo mailbox and a local OAuth server (see the README)"
+	@echo "make flower - Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
 	@echo "make test   - install everything the tests need and run them all"
 	@echo "make lint   - ruff and mypy"
 	@echo "make env    - write a .env with fresh SECRET_KEY and ENCRYPTION_KEYS (kept if present)"
@@ -29,6 +30,9 @@ run: $(STAMP)
 demo: $(STAMP)
 	./scripts/install-system-packages.sh
 	$(PY) -m devservers.demo $(DEMO_ARGS)
+
+flower: $(STAMP)
+	$(PY) scripts/flower.py
 
 test: $(STAMP)
 	./scripts/install-system-packages.sh

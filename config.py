@@ -37,6 +37,8 @@ class Settings:
     http_timeout: float = 15.0
     mail_timeout: float = 30.0
     fetch_batch_size: int = 50
+    health_beat_max_age: float | None = None
+    flower_url: str | None = None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -101,4 +103,6 @@ def load_settings(env_file: Path | None = None) -> Settings:
         http_timeout=_env_float("HTTP_TIMEOUT", 15.0),
         mail_timeout=_env_float("MAIL_TIMEOUT", 30.0),
         fetch_batch_size=int(_env_float("FETCH_BATCH_SIZE", 50)),
+        health_beat_max_age=_env_float("HEALTH_BEAT_MAX_AGE", 0.0) or None,
+        flower_url=os.environ.get("FLOWER_URL") or None,
     )

@@ -116,3 +116,29 @@ def test_connectors_run_unknown_id(app) -> None:
     result = app.test_cli_runner().invoke(args=["connectors", "run", "4242"])
     assert result.exit_code != 0
     assert "connector 4242 does not exist" in result.output
+
+
+def test_secrets_rotate_reencrypts(app, services) -> None:
+    from cryptography.fernet import Fernet
+
+    from mailauth import SecretBox
+    from models import MailAccount
+
+    with services.db.session() as session:
+        session.add(
+            MailAccount(
+                provider="google",
+                email="a@example.com",
+                client_secret_encrypted=services.box.encrypt("client-secret"),
+            )
+        )
+        session.commit()
+    old_key = services.settings.encryption_keys[0]
+    new_key = Fernet.generate_key().decode()
+    services.box = SecretBox([new_key, old_key])
+    result = app.test_cli_runner().invoke(args=["secrets", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert "Re-encrypted 1 secrets" in result.output
+    with services.db.session() as session:
+        stored = session.scalars(sa.select(MailAccount.client_secret_encrypted)).one()
+    assert SecretBox([new_key]).decrypt(stored) == "client-secret"

@@ -29,6 +29,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         SESSION_COOKIE_SECURE=bool(settings.public_url and settings.public_url.startswith("https")),
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
         MAILROOM_PUBLIC_URL=settings.public_url,
+        HEALTH_BEAT_MAX_AGE=settings.health_beat_max_age,
+        FLOWER_URL=settings.flower_url,
     )
     app.config.update(overrides)
 
@@ -37,6 +39,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["mailroom"] = services
 
     app.teardown_appcontext(close_db_session)
+
+    @app.context_processor
+    def links() -> dict[str, object]:
+        return {"flower_url": app.config.get("FLOWER_URL")}
+
     register_extensions(app, services)
     celery_init_app(app, services)
     register_blueprints(app)
@@ -62,7 +69,7 @@ def register_extensions(app: Flask, services: Services) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, auth, branches, connectors, email_settings, jobs, main, oauth
+    from . import api, auth, branches, connectors, email_settings, health, jobs, main, oauth
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
@@ -72,6 +79,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(email_settings.bp)
     app.register_blueprint(branches.bp)
+    app.register_blueprint(health.bp)
 
 
 def register_commands(app: Flask) -> None:

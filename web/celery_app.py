@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import before_task_publish, task_postrun, worker_process_init
 from flask import Flask
 
 import celery_config
 from runtime import Services
+from tasks.connectors import BEAT_TICK_KEY, WORKER_DONE_KEY
 
 
 def celery_init_app(app: Flask, services: Services) -> Celery:
@@ -29,5 +32,17 @@ def celery_init_app(app: Flask, services: Services) -> Celery:
         services.db.dispose()
 
     worker_process_init.connect(_dispose_pool, weak=False)
+
+    def _worker_heartbeat(**_kwargs: object) -> None:
+        services.redis.set(WORKER_DONE_KEY, str(time.time()))
+
+    def _beat_heartbeat(sender: object = None, **_kwargs: object) -> None:
+        # Runs in the process that publishes the tick, which is beat; so the
+        # key shows beat is alive even when every worker is busy.
+        if sender == celery_config.BEAT_TICK_TASK:
+            services.redis.set(BEAT_TICK_KEY, str(time.time()))
+
+    task_postrun.connect(_worker_heartbeat, weak=False)
+    before_task_publish.connect(_beat_heartbeat, weak=False)
     app.extensions["celery"] = celery
     return celery

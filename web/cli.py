@@ -16,7 +16,16 @@ from sqlalchemy.exc import IntegrityError
 import migrations
 from intake import run_connector
 from intake.definition import DefinitionError, apply_definition, export_connector
-from models import Connector, Job, JobKind, User
+from models import (
+    Connector,
+    ConnectorStore,
+    Job,
+    JobKind,
+    MailAccount,
+    OAuthState,
+    SmtpSettings,
+    User,
+)
 from referencedata import seed as seed_reference_data
 from robotcode import RobotCodeError, dump_robot_code, parse_robot_code
 from runtime import Services
@@ -203,6 +212,46 @@ def jobs_list(kind: str | None, limit: int, as_json: bool) -> None:
                 )
 
 
+@click.group("secrets", cls=AppGroup, help="Secrets stored encrypted in the database.")
+def secrets_group() -> None:
+    pass
+
+
+# Every column that holds a Fernet token, by model.
+ENCRYPTED_COLUMNS = {
+    Connector: ("password_encrypted", "private_key_encrypted"),
+    ConnectorStore: ("password_encrypted", "private_key_encrypted"),
+    MailAccount: (
+        "client_secret_encrypted",
+        "access_token_encrypted",
+        "refresh_token_encrypted",
+    ),
+    OAuthState: ("code_verifier_encrypted",),
+    SmtpSettings: ("password_encrypted",),
+}
+
+
+@secrets_group.command(
+    "rotate", help="Re-encrypt every stored secret with the first key of ENCRYPTION_KEYS."
+)
+def secrets_rotate() -> None:
+    services = _services()
+    count = 0
+    with services.db.session() as session:
+        for model, columns in ENCRYPTED_COLUMNS.items():
+            for row in session.scalars(sa.select(model)):
+                for column in columns:
+                    value = getattr(row, column)
+                    if value is not None:
+                        setattr(row, column, services.box.rotate(value))
+                        count += 1
+        session.commit()
+    click.echo(
+        f"Re-encrypted {count} secrets with the first key. Keys after the first can now be "
+        "removed from ENCRYPTION_KEYS."
+    )
+
+
 def register(app: Flask) -> None:
-    for command in (db_group, users_group, seed, connectors_group, jobs_group):
+    for command in (db_group, users_group, seed, connectors_group, jobs_group, secrets_group):
         app.cli.add_command(command)
