@@ -290,3 +290,27 @@ def test_api_needs_login(client: FlaskClient, many_clients) -> None:
         response = client.get(url)
         assert response.status_code == 401, url
         assert response.json == {"error": "Not logged in; log in to Mailroom and try again."}
+
+
+def test_job_page_shows_deadline_and_notes(logged_in, services, seeded) -> None:
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from models import Client, Job, JobKind
+
+    with services.db.session() as session:
+        client = session.scalars(sa.select(Client)).first()
+        job = Job(
+            kind=JobKind.PROJECT,
+            name="Leaflet",
+            client=client,
+            deadline=datetime(2026, 12, 9, 9, 15, tzinfo=UTC),
+            notes="Use the NWP glossary.",
+        )
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    page = logged_in.get(f"/jobs/{job_id}")
+    assert "2026-12-09 09:15 UTC" in page.text
+    assert "Use the NWP glossary." in page.text
