@@ -109,6 +109,20 @@ def postgres_url() -> Iterator[str]:
     engine.dispose()
 
 
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database of this test alone, for processes that share it."""
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"mailroom_e2e_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.rsplit("/", 1)[0] + "/" + name
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
 # The mailbox that connectors read, and its owner's password at the OAuth server.
 MAILBOX_USER = "intake@example.com"
 MAILBOX_PASSWORD = "intake-consent-password"
@@ -199,6 +213,7 @@ __all__ = [
     "PASSWORD_USER",
     "PASSWORD_USER_PASSWORD",
     "free_port",
+    "fresh_postgres_url",
     "mail_stack",
     "postgres_url",
     "redis_server",

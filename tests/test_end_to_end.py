@@ -78,14 +78,24 @@ def _wait_for(predicate, timeout: float, what: str, processes=()):  # type: igno
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The embedded default, and the production database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'e2e.db'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
 @pytest.fixture
-def running_app(tmp_path: Path, redis_server: str, mail_stack: MailStack) -> Iterator[RunningApp]:
+def running_app(
+    tmp_path: Path, redis_server: str, mail_stack: MailStack, app_database_url: str
+) -> Iterator[RunningApp]:
     redis_url = f"{redis_server}/14"
     redis.Redis.from_url(redis_url).flushdb()
     key = Fernet.generate_key().decode()
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}",
+        "DATABASE_URL": app_database_url,
         "REDIS_URL": redis_url,
         "SECRET_KEY": "end-to-end-secret-key",
         "ENCRYPTION_KEYS": key,
