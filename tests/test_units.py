@@ -144,3 +144,15 @@ def test_provider_errors(overrides, message) -> None:
 )
 def test_safe_next(target, expected) -> None:
     assert safe_next(target, "/") == expected
+
+
+def test_admin_guide_robot_code_example_parses() -> None:
+    from pathlib import Path
+
+    from robotcode import parse_robot_code
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "admin-guide.md").read_text()
+    example = guide.split("```yaml", 1)[1].split("```", 1)[0]
+    data = parse_robot_code(example)
+    assert data["files_aggregation"] == "per_email"
+    assert data["schedule"]["timezone"] == "Europe/Prague"
