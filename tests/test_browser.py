@@ -119,6 +119,9 @@ def test_admin_flow_in_browser(page, running_app: RunningApp, mail_stack) -> Non
     )
     page.goto(f"{app.url}/configuration/integration/smart-connectors")
     page.get_by_role("link", name="Add Smart Connector").first.click()
+    # The script replaces the client select with a search box once loaded.
+    page.wait_for_load_state("load")
+    page.locator("#client-search").wait_for()
     page.get_by_label("Name", exact=True).fill("Northwind intake")
     client = page.get_by_role("combobox", name="Client")
     client.fill("North")

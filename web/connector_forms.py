@@ -4,14 +4,15 @@ Every error message names the rejected value and the fix, because the admin
 filling in the form cannot see the database. Select values are ids as
 strings and are resolved into rows while the form validates, so a tampered or
 outdated id gets a field error instead of a server error.
+
+The Definition tab's fields live here. The Schedule, E-mail Notifications and
+Robot Code tabs and the two store sections are mixins from the other
+``connector_*`` modules.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,8 +20,6 @@ from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from wtforms import (
     BooleanField,
-    Field,
-    IntegerField,
     PasswordField,
     RadioField,
     SelectChoice,
@@ -31,22 +30,40 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, StopValidation, ValidationError
 
-from intake.schedule import next_run_after
-from mailauth import Provider, SecretBox
+from intake.failures import DEFAULT_MAX_ATTEMPTS
+from mailauth import Provider
 from models import (
+    AfterProcessing,
     Aggregation,
     AuthMethod,
     BudgetCode,
     Client,
     Connector,
+    ConnectorStore,
     JobKind,
     Language,
     MailAccount,
     Service,
     Specialization,
+    StoreRole,
     TokenStatus,
     User,
 )
+
+from .connector_fields import (
+    CONTROL_CHARACTERS,
+    UtcDateTimeField,
+    WholeNumberField,
+    add_error,
+    get_by_id,
+    is_host,
+    require_choice,
+    strip_text,
+)
+from .connector_notifications import NotificationFields
+from .connector_robotcode import RobotCodeFields, RobotCodeMerge, merge_robot_code, source_errors
+from .connector_schedule import ScheduleFields
+from .connector_stores import StoreFields, check_store, saved_stores
 
 JOB_KIND_CHOICES = [
     SelectChoice(JobKind.PROJECT.value, "Project"),
@@ -54,6 +71,7 @@ JOB_KIND_CHOICES = [
 ]
 AGGREGATION_CHOICES = [
     SelectChoice(Aggregation.SEPARATELY.value, "Process every top level file separately"),
+    SelectChoice(Aggregation.PER_EMAIL.value, "Process every e-mail separately"),
     SelectChoice(Aggregation.BATCH.value, "Process files in batches"),
 ]
 FILES_LOCATION_EMAIL = "email"
@@ -62,40 +80,14 @@ AUTH_METHOD_CHOICES = [
     SelectChoice(AuthMethod.OAUTH2.value, "OAuth2"),
     SelectChoice(AuthMethod.PASSWORD.value, "Password"),
 ]
+AFTER_PROCESSING_CHOICES = [
+    SelectChoice(AfterProcessing.DELETE.value, "Delete"),
+    SelectChoice(AfterProcessing.MOVE.value, "Move to folder"),
+    SelectChoice(AfterProcessing.MARK_SEEN.value, "Leave it and mark it seen"),
+]
 
 MIN_PORT, MAX_PORT = 1, 65535
-MIN_INTERVAL_MINUTES, MAX_INTERVAL_MINUTES = 1, 10080  # 10080 minutes is one week
-
-# A DNS name of letters, digits, dots and hyphens. IP addresses are checked with ipaddress.
-_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def strip_text(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
-class WholeNumberField(IntegerField):
-    """An integer input whose parse error names the typed text.
-
-    ``invalid_message`` is formatted with ``value``. An empty input gives
-    ``None``, so the field's own validator can report the missing value.
-    """
-
-    def __init__(self, *args: Any, invalid_message: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.invalid_message = invalid_message
-
-    def process_formdata(self, valuelist: list[Any]) -> None:
-        if not valuelist or not str(valuelist[0]).strip():
-            self.data = None
-            return
-        raw = str(valuelist[0]).strip()
-        try:
-            self.data = int(raw)
-        except ValueError:
-            self.data = None
-            raise ValueError(self.invalid_message.format(value=raw)) from None
+MIN_ATTEMPTS, MAX_ATTEMPTS = 1, 20
 
 
 @dataclass
@@ -120,7 +112,7 @@ class ResolvedRows:
     account: MailAccount | None = None
 
 
-class ConnectorForm(FlaskForm):
+class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFields, FlaskForm):
     job_kind = RadioField(
         "Project or Quote",
         choices=JOB_KIND_CHOICES,
@@ -206,6 +198,24 @@ class ConnectorForm(FlaskForm):
         description="The IMAP folder to scan; sub-folders are written as the server "
         "separates them, e.g. INBOX/Orders.",
     )
+    after_processing = RadioField(
+        "After processing an e-mail",
+        choices=AFTER_PROCESSING_CHOICES,
+        default=AfterProcessing.DELETE.value,
+        validate_choice=False,
+    )
+    move_to_folder = StringField(
+        "Move to folder",
+        filters=[strip_text],
+        description="Only for Move to folder: an existing IMAP folder, e.g. INBOX/Processed.",
+    )
+    process_mail_after = UtcDateTimeField(
+        "Process only mail received after",
+        invalid_message='Process only mail received after "{value}" is not a date and time; '
+        "enter it as 2026-12-01 08:00.",
+        description="Optional, in UTC. E-mails that arrived in the folder earlier are left "
+        "alone, so a new connector does not turn an old backlog into jobs.",
+    )
     oauth_client_id = StringField(
         "Client Id",
         filters=[strip_text],
@@ -227,11 +237,22 @@ class ConnectorForm(FlaskForm):
     )
     service = SelectField("Service", validate_choice=False)
     specialization = SelectField("Specialization", validate_choice=False)
-    interval_minutes = WholeNumberField(
-        "Schedule",
-        default=5,
-        invalid_message='Schedule "{value}" is not a number; enter whole minutes from 1 to 10080.',
-        description="Minutes between two scans of the folder, from 1 to 10080 (one week).",
+
+    include_inline_images = BooleanField(
+        "Include inline images",
+        description="Also turn images shown in the e-mail text, such as logos, into files.",
+    )
+    unpack_zip = BooleanField(
+        "Unpack ZIP archives",
+        description="Process the files inside attached ZIP archives instead of the archives.",
+    )
+    max_attempts = WholeNumberField(
+        "Attempts before quarantine",
+        default=DEFAULT_MAX_ATTEMPTS,
+        invalid_message='Attempts before quarantine "{value}" is not a number; enter a whole '
+        "number from 1 to 20.",
+        description="Runs that may fail on one e-mail before it is quarantined: later runs "
+        "skip it until someone clicks Process again on the connector page. From 1 to 20.",
     )
 
     save = SubmitField("Save")
@@ -240,6 +261,10 @@ class ConnectorForm(FlaskForm):
     def __init__(self, context: FormContext, **kwargs: Any) -> None:
         self.context = context
         self.rows = ResolvedRows()
+        self.saved_stores: dict[StoreRole, ConnectorStore] = saved_stores(
+            context.session, context.connector
+        )
+        self.robot_code_merge: RobotCodeMerge | None = None
         super().__init__(**kwargs)
         self._load_choices()
 
@@ -324,16 +349,16 @@ class ConnectorForm(FlaskForm):
     # Field checks -------------------------------------------------------------
 
     def validate_job_kind(self, field: RadioField) -> None:
-        _require_choice(field, JOB_KIND_CHOICES)
+        require_choice(field, JOB_KIND_CHOICES)
 
     def validate_aggregation(self, field: RadioField) -> None:
-        _require_choice(field, AGGREGATION_CHOICES)
+        require_choice(field, AGGREGATION_CHOICES)
 
     def validate_files_location(self, field: SelectField) -> None:
-        _require_choice(field, FILES_LOCATION_CHOICES)
+        require_choice(field, FILES_LOCATION_CHOICES)
 
     def validate_auth_method(self, field: RadioField) -> None:
-        _require_choice(field, AUTH_METHOD_CHOICES)
+        require_choice(field, AUTH_METHOD_CHOICES)
 
     def validate_name(self, field: StringField) -> None:
         query = sa.select(Connector.id).where(Connector.name == field.data)
@@ -353,7 +378,7 @@ class ConnectorForm(FlaskForm):
             raise ValidationError(
                 "Host Name is missing; enter the IMAP server name, e.g. imap.example.com."
             )
-        if not _is_host(host):
+        if not is_host(host):
             raise ValidationError(
                 f'Host Name "{host}" is not a server name; enter only the name or IP address, '
                 'e.g. imap.example.com, without "imaps://", a path or a port.'
@@ -381,10 +406,51 @@ class ConnectorForm(FlaskForm):
             )
 
     def validate_folder(self, field: StringField) -> None:
-        if len(field.data) > 255 or _CONTROL_CHARACTERS.search(field.data):
+        if len(field.data) > 255 or CONTROL_CHARACTERS.search(field.data):
             raise ValidationError(
                 f'Folder "{field.data[:80]}" is not a valid folder name; use at most 255 '
                 "characters without line breaks, e.g. INBOX."
+            )
+
+    def validate_after_processing(self, field: RadioField) -> None:
+        require_choice(field, AFTER_PROCESSING_CHOICES)
+
+    def validate_move_to_folder(self, field: StringField) -> None:
+        if self.after_processing.data != AfterProcessing.MOVE.value:
+            return
+        folder = field.data or ""
+        if not folder:
+            raise ValidationError(
+                "Move to folder is missing; enter the IMAP folder for processed e-mails, "
+                "e.g. INBOX/Processed, or choose another action."
+            )
+        if len(folder) > 255 or CONTROL_CHARACTERS.search(folder):
+            raise ValidationError(
+                f'Move to folder "{folder[:80]}" is not a valid folder name; use at most 255 '
+                "characters without line breaks, e.g. INBOX/Processed."
+            )
+        if folder == self.folder.data:
+            raise ValidationError(
+                f'Move to folder "{folder}" is the folder this connector scans; enter another '
+                "folder, e.g. INBOX/Processed."
+            )
+
+    def validate_process_mail_after(self, field: UtcDateTimeField) -> None:
+        if field.process_errors:
+            raise StopValidation()
+
+    def validate_max_attempts(self, field: WholeNumberField) -> None:
+        if field.process_errors:
+            raise StopValidation()
+        if field.data is None:
+            raise ValidationError(
+                "Attempts before quarantine is missing; enter a whole number from 1 to 20, "
+                "usually 3."
+            )
+        if not MIN_ATTEMPTS <= field.data <= MAX_ATTEMPTS:
+            raise ValidationError(
+                f"Attempts before quarantine {field.data} is out of range; enter a whole "
+                "number from 1 to 20."
             )
 
     def validate_oauth_client_id(self, field: StringField) -> None:
@@ -402,7 +468,7 @@ class ConnectorForm(FlaskForm):
     def validate_target_languages(self, field: SelectMultipleField) -> None:
         languages = []
         for raw in field.data or []:
-            language = _get_by_id(self.context.session, Language, raw)
+            language = get_by_id(self.context.session, Language, raw)
             if language is None:
                 raise ValidationError(
                     f'Target language "{raw}" does not exist; choose languages from the list.'
@@ -416,17 +482,6 @@ class ConnectorForm(FlaskForm):
     def validate_specialization(self, field: SelectField) -> None:
         self.rows.specialization = self._row(Specialization, field, "a specialization")
 
-    def validate_interval_minutes(self, field: WholeNumberField) -> None:
-        if field.process_errors:
-            raise StopValidation()
-        if field.data is None:
-            raise ValidationError("Schedule is missing; enter whole minutes from 1 to 10080.")
-        if not MIN_INTERVAL_MINUTES <= field.data <= MAX_INTERVAL_MINUTES:
-            raise ValidationError(
-                f"Schedule {field.data} minutes is out of range; enter 1 to 10080 minutes "
-                "(10080 minutes is one week)."
-            )
-
     def _row(self, model: Any, field: SelectField, choice_name: str) -> Any:
         """Return the row that the select names, or None when it is empty.
 
@@ -434,7 +489,7 @@ class ConnectorForm(FlaskForm):
         """
         if not field.data:
             return None
-        row = _get_by_id(self.context.session, model, field.data)
+        row = get_by_id(self.context.session, model, field.data)
         if row is None:
             raise ValidationError(
                 f'{field.label.text} "{field.data}" does not exist; '
@@ -445,7 +500,15 @@ class ConnectorForm(FlaskForm):
     # Checks across fields -----------------------------------------------------
 
     def validate(self, extra_validators: Any = None) -> bool:
-        """Run the field checks, then the checks that combine several fields."""
+        """Merge the edited Robot Code, run the field checks, then the checks across fields.
+
+        Errors of values that came from the Robot Code text are repeated under
+        the text with their line, because the admin edited them there.
+        """
+        connector = self.context.connector
+        saved_rules = dict(connector.rules or {}) if connector is not None else {}
+        merge = merge_robot_code(self, self.context.session, saved_rules)
+        self.robot_code_merge = merge
         super().validate(extra_validators)
         self._check_budget_code()
         self._check_languages()
@@ -453,6 +516,10 @@ class ConnectorForm(FlaskForm):
             self._check_oauth2()
         elif self.auth_method.data == AuthMethod.PASSWORD.value:
             self._check_password()
+        for role, section in self.store_sections():
+            check_store(section.form, self.saved_stores.get(role))
+        for message in [*merge.errors, *source_errors(self, merge)]:
+            add_error(self.robot_code, message)
         return not self.errors
 
     def _check_budget_code(self) -> None:
@@ -467,31 +534,31 @@ class ConnectorForm(FlaskForm):
             fix = f"choose one of {', '.join(codes)} or leave it empty."
         else:
             fix = f"{client.name} has no budget codes, so leave it empty."
-        _add_error(self.budget_code, f'Budget code "{code}" is not a code of {client.name}; {fix}')
+        add_error(self.budget_code, f'Budget code "{code}" is not a code of {client.name}; {fix}')
 
     def _check_languages(self) -> None:
         source = self.rows.source_language
         if source is not None and source in self.rows.target_languages:
-            _add_error(
+            add_error(
                 self.target_languages,
                 f"Target Languages include the source language {source}; remove it.",
             )
 
     def _check_password(self) -> None:
         if self.generate_token.data:
-            _add_error(
+            add_error(
                 self.auth_method,
                 "Generate new token works only with the OAuth2 authorization method; "
                 "choose OAuth2, or click Save to keep Password.",
             )
         if not self.password.data and not self.password_is_saved:
-            _add_error(self.password, "Password is missing; enter the mailbox password.")
+            add_error(self.password, "Password is missing; enter the mailbox password.")
 
     def _check_oauth2(self) -> None:
         provider = self._check_provider()
         username = self.username.data or ""
         if username and "@" not in username:
-            _add_error(
+            add_error(
                 self.username,
                 f'Username "{username}" is not an e-mail address; OAuth2 needs the '
                 "mailbox's address, e.g. intake@example.com.",
@@ -507,13 +574,13 @@ class ConnectorForm(FlaskForm):
             account and account.client_secret_encrypted
         )
         if not has_client_id and (self.generate_token.data or not token_active):
-            _add_error(
+            add_error(
                 self.oauth_client_id,
                 "Client Id is missing; enter the Client Id of the app registered with "
                 f"{provider.label}, which a token needs.",
             )
         if not has_secret and not token_active:
-            _add_error(
+            add_error(
                 self.oauth_client_secret,
                 "Client Secret is missing; enter the Client Secret of the app registered "
                 f"with {provider.label}.",
@@ -524,10 +591,10 @@ class ConnectorForm(FlaskForm):
         providers = self.context.providers
         labels = ", ".join(sorted(p.label for p in providers.values()))
         if not key:
-            _add_error(self.provider, f"Provider is missing; OAuth2 needs one of: {labels}.")
+            add_error(self.provider, f"Provider is missing; OAuth2 needs one of: {labels}.")
             return None
         if key not in providers:
-            _add_error(
+            add_error(
                 self.provider,
                 f'Provider "{key}" is not configured; choose one of: {labels}, '
                 "or add it to OAUTH_PROVIDERS.",
@@ -547,149 +614,3 @@ def find_account(session: Session, provider: str, username: str) -> MailAccount 
             MailAccount.provider == provider, MailAccount.email == username.lower()
         )
     ).one_or_none()
-
-
-def initial_data(connector: Connector | None) -> dict[str, Any]:
-    """Return the form values of ``connector``, or none for a new one so that defaults apply.
-
-    Secrets are left out because the password fields are write-only.
-    """
-    if connector is None:
-        return {}
-    account = connector.mail_account
-    return {
-        "job_kind": connector.job_kind.value,
-        "name": connector.name,
-        "active": connector.active,
-        "client": str(connector.client_id),
-        "budget_code": connector.budget_code or "",
-        "aggregation": connector.aggregation.value,
-        "files_location": FILES_LOCATION_EMAIL,
-        "auth_method": connector.auth_method.value,
-        "provider": account.provider if account else "",
-        "host": connector.host,
-        "port": connector.port,
-        "use_ssl": connector.use_ssl,
-        "username": connector.username,
-        "folder": connector.folder,
-        "oauth_client_id": account.client_id if account and account.client_id else "",
-        "person_responsible": _id_text(connector.person_responsible_id),
-        "source_language": _id_text(connector.source_language_id),
-        "target_languages": [str(language.id) for language in connector.target_languages],
-        "service": _id_text(connector.service_id),
-        "specialization": _id_text(connector.specialization_id),
-        "interval_minutes": connector.interval_minutes,
-    }
-
-
-def apply_form(
-    form: ConnectorForm, connector: Connector | None, box: SecretBox, now: datetime
-) -> Connector:
-    """Copy the validated form into ``connector``, or a new one, and return it.
-
-    A new connector is added to the session. The caller commits.
-    """
-    rows = form.rows
-    port = form.port.data
-    interval = form.interval_minutes.data
-    if rows.client is None or port is None or interval is None:
-        raise ValueError("apply_form needs a form that passed validate()")
-    creating = connector is None
-    if connector is None:
-        connector = Connector()
-        form.context.session.add(connector)
-    old_interval = connector.interval_minutes
-
-    connector.job_kind = JobKind(form.job_kind.data)
-    connector.name = form.name.data
-    connector.active = form.active.data
-    connector.client = rows.client
-    connector.budget_code = form.budget_code.data or None
-    connector.aggregation = Aggregation(form.aggregation.data)
-    connector.auth_method = AuthMethod(form.auth_method.data)
-    connector.host = form.host.data
-    connector.port = port
-    connector.use_ssl = form.use_ssl.data
-    connector.username = form.username.data
-    connector.folder = form.folder.data or "INBOX"
-    connector.person_responsible = rows.person_responsible
-    connector.source_language = rows.source_language
-    connector.target_languages = rows.target_languages
-    connector.service = rows.service
-    connector.specialization = rows.specialization
-    connector.interval_minutes = interval
-
-    if connector.auth_method == AuthMethod.OAUTH2:
-        connector.mail_account = _save_account(form, box)
-        # The mailbox now logs in with a token, so a stored password would only linger.
-        connector.password_encrypted = None
-    else:
-        connector.mail_account = None
-        if form.password.data:
-            connector.password_encrypted = box.encrypt(form.password.data)
-
-    _schedule(connector, creating, old_interval, now)
-    return connector
-
-
-def _save_account(form: ConnectorForm, box: SecretBox) -> MailAccount:
-    """Fetch or create the shared account and store the Client Id and the encrypted secret."""
-    account = form.rows.account
-    if account is None:
-        account = MailAccount(provider=form.provider.data, email=form.username.data.lower())
-        form.context.session.add(account)
-    client_id = form.oauth_client_id.data
-    if client_id and client_id != account.client_id:
-        if account.client_id and account.token_status == TokenStatus.ACTIVE:
-            # A refresh token is bound to the app registration that obtained it.
-            account.token_status = TokenStatus.NEEDS_CONSENT
-            account.token_status_reason = (
-                "The Client Id changed; click Generate new token to give consent "
-                "for the new app registration."
-            )
-        account.client_id = client_id
-    if form.oauth_client_secret.data:
-        account.client_secret_encrypted = box.encrypt(form.oauth_client_secret.data)
-    return account
-
-
-def _schedule(connector: Connector, creating: bool, old_interval: int, now: datetime) -> None:
-    """Make a new connector due at once. After an interval change, count from the last run."""
-    if creating or connector.next_run_at is None:
-        connector.next_run_at = now
-        return
-    if connector.interval_minutes != old_interval:
-        base = connector.last_run_at or now
-        connector.next_run_at = max(now, next_run_after(connector.interval_minutes, base))
-
-
-def _require_choice(field: Field, choices: list[SelectChoice]) -> None:
-    labels = " or ".join(choice.label for choice in choices)
-    if not field.data:
-        raise ValidationError(f"{field.label.text} is missing; choose {labels}.")
-    if field.data not in {choice.value for choice in choices}:
-        raise ValidationError(f'{field.label.text} "{field.data}" is not valid; choose {labels}.')
-
-
-def _add_error(field: Field, message: str) -> None:
-    # Field.errors is a tuple until the field was validated, a list afterwards.
-    field.errors = [*field.errors, message]
-
-
-def _get_by_id(session: Session, model: Any, raw: str) -> Any:
-    # Longer digit strings would overflow a 64-bit integer column.
-    if not raw.isdigit() or len(raw) > 18:
-        return None
-    return session.get(model, int(raw))
-
-
-def _id_text(value: int | None) -> str:
-    return "" if value is None else str(value)
-
-
-def _is_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(_HOST_NAME.match(host)) and ".." not in host
-    return True

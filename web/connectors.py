@@ -1,4 +1,5 @@
-"""Smart Connector pages: list, add, edit, show, run now, token consent, delete, export."""
+"""Smart Connector pages: list, add, edit, show, run now, Test Connector, quarantine,
+token consent, delete, export."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from flask import (
     flash,
     redirect,
     render_template,
+    request,
     url_for,
 )
 from flask_login import current_user, login_required
@@ -25,17 +27,31 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
 from intake.definition import export_connector
-from models import AuthMethod, Connector, ConnectorRun, Job, MailAccount, RunProblem, TokenStatus
+from intake.failures import release
+from intake.preview import PREVIEW_LIMIT, SELECTION_SECONDS, preview_connector
+from models import (
+    AuthMethod,
+    Connector,
+    ConnectorRun,
+    Job,
+    MailAccount,
+    MessageFailure,
+    RunProblem,
+    TokenStatus,
+)
 from runtime import Services
 from tasks.connectors import scan
 
-from .connector_forms import (
-    ConnectorForm,
-    FormContext,
-    apply_form,
-    duplicate_name_message,
-    initial_data,
+from .connector_forms import ConnectorForm, FormContext, duplicate_name_message
+from .connector_pages import (
+    FORM_TABS,
+    FinishTestForm,
+    connector_summary,
+    form_next_run,
+    open_tab,
+    tab_errors,
 )
+from .connector_save import apply_form, initial_data
 from .db import db_session
 from .forms import EmptyForm
 from .jobs import paginate, requested_page_number
@@ -49,6 +65,10 @@ bp = Blueprint("connectors", __name__, url_prefix="/configuration/integration/sm
 CONNECTORS_PER_PAGE = 50
 RUNS_SHOWN = 20
 LEFT_MESSAGES_SHOWN = 100
+QUARANTINED_SHOWN = 100
+# fetch() in mailroom.js sends this header to get the Test Connector result
+# without the page around it.
+FRAGMENT_HEADER = "X-Requested-With"
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,33 @@ def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
     return messages[:LEFT_MESSAGES_SHOWN]
 
 
+def problem_counts(session: Session, run_ids: list[int]) -> dict[int, int]:
+    """Return how many messages each run of ``run_ids`` could not turn into a job."""
+    if not run_ids:
+        return {}
+    rows = session.execute(
+        sa.select(RunProblem.run_id, sa.func.count())
+        .where(RunProblem.run_id.in_(run_ids))
+        .group_by(RunProblem.run_id)
+    )
+    return {run_id: count for run_id, count in rows}
+
+
+def quarantined_messages(session: Session, connector_id: int) -> list[MessageFailure]:
+    """Return the connector's quarantined messages, the most recently quarantined first."""
+    return list(
+        session.scalars(
+            sa.select(MessageFailure)
+            .where(
+                MessageFailure.connector_id == connector_id,
+                MessageFailure.quarantined_at.is_not(None),
+            )
+            .order_by(MessageFailure.quarantined_at.desc(), MessageFailure.id.desc())
+            .limit(QUARANTINED_SHOWN)
+        )
+    )
+
+
 @bp.get("")
 @login_required
 def list_connectors() -> str:
@@ -172,6 +219,10 @@ def _form_page(connector: Connector | None) -> str | Response:
         "connectors/form.html",
         form=form,
         connector=connector,
+        tabs=FORM_TABS,
+        tab=open_tab(form, request.args.get("tab")),
+        tab_errors=tab_errors(form),
+        next_run=form_next_run(form, connector, datetime.now(UTC)),
         token_account=token_account,
         budget_code_groups=form.budget_code_groups(),
         provider_hosts_json=json.dumps(
@@ -184,8 +235,9 @@ def _form_page(connector: Connector | None) -> str | Response:
 def _save(form: ConnectorForm, connector: Connector | None) -> Connector | None:
     """Apply the form and commit, or add an error and return None if a concurrent save clashed."""
     session = form.context.session
-    saved = apply_form(form, connector, _services().box, datetime.now(UTC))
     try:
+        # apply_form flushes a new connector, so a clash can surface there or at commit.
+        saved = apply_form(form, connector, _services().box, datetime.now(UTC))
         session.commit()
     except IntegrityError as exc:
         session.rollback()
@@ -215,12 +267,16 @@ def show_connector(connector_id: int) -> str:
         .order_by(ConnectorRun.started_at.desc(), ConnectorRun.id.desc())
         .limit(RUNS_SHOWN)
     ).all()
+    run_ids = [run.id for run in runs]
     return render_template(
         "connectors/show.html",
         connector=connector,
+        summary=connector_summary(session, connector),
         account=connector.mail_account,
         runs=runs,
-        left_messages=left_messages(session, [run.id for run in runs]),
+        problem_counts=problem_counts(session, run_ids),
+        left_messages=left_messages(session, run_ids),
+        quarantined=quarantined_messages(session, connector.id),
         form=EmptyForm(),
         AuthMethod=AuthMethod,
         TokenStatus=TokenStatus,
@@ -249,6 +305,100 @@ def run_now(connector_id: int) -> Response:
             "its result.",
             "info",
         )
+    return redirect(_show_url(connector))
+
+
+@bp.post("/<int:connector_id>/test")
+@admin_required
+def test_connector(connector_id: int) -> str:
+    """Connect and show what a run would do, changing nothing in the mailbox.
+
+    mailroom.js posts here and shows the returned fragment in a dialog.
+    Without JavaScript the button posts the page's form and gets a whole page.
+    """
+    connector = _connector_or_404(connector_id)
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    preview = preview_connector(_services().intake_context(), connector.id)
+    if preview.error:
+        logger.info("Test Connector of connector %s failed: %s", connector.id, preview.error)
+    else:
+        logger.info(
+            "Test Connector of connector %s by user %s listed %d of %d messages",
+            connector.id,
+            current_user.id,
+            len(preview.messages),
+            preview.total,
+        )
+    fragment = request.headers.get(FRAGMENT_HEADER) == "XMLHttpRequest"
+    return render_template(
+        "connectors/_test_result.html" if fragment else "connectors/test.html",
+        connector=connector,
+        preview=preview,
+        finish_form=FinishTestForm(formdata=None, token=preview.token),
+        selection_minutes=SELECTION_SECONDS // 60,
+        preview_limit=PREVIEW_LIMIT,
+    )
+
+
+@bp.post("/<int:connector_id>/test/finish")
+@admin_required
+def finish_test(connector_id: int) -> Response:
+    """Queue a run that processes exactly the e-mails the Test Connector listed."""
+    connector = _connector_or_404(connector_id)
+    form = FinishTestForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        scan.delay(connector.id, "test", form.token.data)
+    except OperationalError as exc:
+        logger.error("queueing Finish Test of connector %s failed: %s", connector.id, exc)
+        flash(
+            f"Finish Test could not be queued because the task queue did not respond ({exc}). "
+            "Check that Redis and the worker are running, then click Test Connector again.",
+            "danger",
+        )
+    else:
+        logger.info("Finish Test of connector %s queued by user %s", connector.id, current_user.id)
+        flash(
+            "Finish Test started: the previewed e-mails are being processed. Reload this page "
+            "in a moment to see the test run below.",
+            "info",
+        )
+    return redirect(_show_url(connector))
+
+
+@bp.post("/<int:connector_id>/quarantine/<int:failure_id>/release")
+@admin_required
+def release_message(connector_id: int, failure_id: int) -> Response:
+    """Take a message out of quarantine, so the next run tries it again."""
+    session = db_session()
+    connector = _connector_or_404(connector_id)
+    if not EmptyForm().validate_on_submit():
+        abort(400)
+    failure = session.get(MessageFailure, failure_id)
+    subject = failure.subject if failure is not None else None
+    sender = failure.sender if failure is not None else None
+    released = release(session, connector.id, failure_id)
+    session.commit()
+    if not released:
+        flash(
+            "That e-mail is no longer in quarantine, so nothing was changed. "
+            "The list below shows the e-mails still quarantined.",
+            "warning",
+        )
+        return redirect(_show_url(connector))
+    logger.info(
+        "quarantined message %s of connector %s released by user %s",
+        failure_id,
+        connector.id,
+        current_user.id,
+    )
+    flash(
+        f'The e-mail "{subject or "(no subject)"}" from {sender or "an unknown sender"} left '
+        "quarantine, so the next run processes it again. Click Run now to process it at once.",
+        "success",
+    )
     return redirect(_show_url(connector))
 
 

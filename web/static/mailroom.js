@@ -1,7 +1,8 @@
 /*
- * Enhancements for the Smart Connector form. Every control also works without
+ * Enhancements for the Smart Connector pages. Every control also works without
  * this script: the client is a plain select, the budget code select lists the
- * codes of all clients, and all mailbox fields stay visible.
+ * codes of all clients, all fields stay visible, and Test Connector opens its
+ * result as a page instead of a dialog.
  */
 (function () {
   "use strict";
@@ -269,7 +270,108 @@
     });
   }
 
+  /*
+   * Show the elements in `container` whose `attribute` lists the value that
+   * `currentValue()` returns, and hide the others. The attribute may list
+   * several values, separated by spaces. A change of any of `controls` (a
+   * select, or a group of radio buttons) updates them.
+   */
+  function showMatching(container, controls, attribute, currentValue) {
+    function update() {
+      var value = currentValue();
+      container.querySelectorAll("[" + attribute + "]").forEach(function (element) {
+        var values = element.getAttribute(attribute).split(" ");
+        element.hidden = value !== "" && values.indexOf(value) === -1;
+      });
+    }
+    controls.forEach(function (control) {
+      control.addEventListener("change", update);
+    });
+    update();
+  }
+
+  function checkedValue(form, name) {
+    var checked = form.querySelector('input[name="' + name + '"]:checked');
+    return checked ? checked.value : "";
+  }
+
+  /* Show the fields of the chosen radio button of group `name`, marked with `attribute`. */
+  function connectRadios(form, name, attribute) {
+    var radios = form.querySelectorAll('input[name="' + name + '"]');
+    showMatching(form, radios, attribute, function () {
+      return checkedValue(form, name);
+    });
+  }
+
+  /* Show only the fields that a store section's location uses. Nowhere uses none. */
+  function connectStores(form) {
+    form.querySelectorAll("fieldset[data-store]").forEach(function (fieldset) {
+      var select = fieldset.querySelector("select[data-store-location]");
+      if (!select) {
+        return;
+      }
+      showMatching(fieldset, [select], "data-store-kinds", function () {
+        return select.value;
+      });
+    });
+  }
+
+  /*
+   * Post the Test Connector form in the background and show the returned
+   * fragment in the dialog that the form's data-test-connector names. The
+   * fragment comes from the server's own template, which escapes every value.
+   */
+  function connectTestConnector(form) {
+    var dialog = document.querySelector(form.dataset.testConnector);
+    if (!dialog || !window.bootstrap) {
+      return; // the form posts normally and the result opens as a page
+    }
+    var body = dialog.querySelector("[data-test-result]");
+    var button = form.querySelector('button[type="submit"]');
+
+    function showText(className, text) {
+      var paragraph = document.createElement("p");
+      paragraph.className = className;
+      paragraph.textContent = text;
+      body.replaceChildren(paragraph);
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      showText("mb-0", "Connecting to the mailbox and reading the folder. This changes nothing in it.");
+      window.bootstrap.Modal.getOrCreateInstance(dialog).show();
+      button.disabled = true;
+      fetch(form.action, {
+        method: "POST",
+        body: new FormData(form),
+        credentials: "same-origin",
+        headers: { Accept: "text/html", "X-Requested-With": "XMLHttpRequest" },
+      })
+        .then(function (response) {
+          if (!response.ok) {
+            throw new Error(form.action + " responded with HTTP " + response.status);
+          }
+          return response.text();
+        })
+        .then(function (html) {
+          body.innerHTML = html;
+        })
+        .catch(function (error) {
+          console.error("Test Connector failed:", error);
+          showText(
+            "alert alert-danger mb-0",
+            "The test could not be started (" + error.message + "). Reload the page and click Test Connector again."
+          );
+        })
+        .finally(function () {
+          button.disabled = false;
+        });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-test-connector]").forEach(connectTestConnector);
+
     var form = document.querySelector("form[data-connector-form]");
     if (!form) {
       return;
@@ -284,5 +386,8 @@
     }
     connectAuthMethod(form);
     connectProviderHost(form);
+    connectRadios(form, "after_processing", "data-after-processing");
+    connectRadios(form, "schedule_kind", "data-schedule");
+    connectStores(form);
   });
 })();
