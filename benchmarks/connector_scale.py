@@ -10,7 +10,7 @@ Due times come from the ``next_run_at`` column. ``claim_due_connectors`` moves
 a due connector's ``next_run_at`` to the claim time plus the interval, so every
 value the column takes is a due time, and the claim that wrote it happened
 exactly one interval earlier. This process reads the column every
-POLL_SECONDS, much less than the 60 s a value stays in place, so it sees every
+POLL_SECONDS, much less than the 60 s a value stays in place, so it reads every
 value. Each claim enqueues one scan, and the workers take scans in queue order,
 so the k-th scheduled run of a connector belongs to its k-th due time; a run
 that started before its claim would show that this pairing failed. The start
@@ -168,7 +168,7 @@ def private_redis(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
             if process.poll() is not None:
                 raise BenchmarkError(f"redis-server exited with status {process.returncode}")
             if time.monotonic() > deadline:
-                raise BenchmarkError(f"redis-server did not answer PING on port {port}")
+                raise BenchmarkError(f"redis-server did not respond to PING on port {port}")
             time.sleep(0.05)
         logger.info("redis-server pid %d listens on 127.0.0.1:%d", process.pid, port)
         yield url, process
@@ -331,7 +331,7 @@ def folder_name(number: int) -> str:
 
 @dataclass(frozen=True)
 class Mailbox:
-    """Where the connectors log in: one Dovecot user, one folder per connector."""
+    """Login details of the connectors: one Dovecot user, one folder per connector."""
 
     host: str
     port: int
@@ -491,7 +491,7 @@ def start_beat(
 
 
 def wait_for_workers(redis_url: str, count: int, processes: CeleryProcesses) -> None:
-    """Wait until ``count`` workers answer a broadcast ping."""
+    """Wait until ``count`` workers reply to a broadcast ping."""
     from celery import Celery
 
     app = Celery("connector-scale-probe", broker=redis_url)
@@ -501,11 +501,11 @@ def wait_for_workers(redis_url: str, count: int, processes: CeleryProcesses) -> 
             processes.check_running()
             replies = app.control.ping(timeout=1.0)
             if len(replies) >= count:
-                logger.info("%d workers answer ping", len(replies))
+                logger.info("%d workers replied to ping", len(replies))
                 return
             if time.monotonic() > deadline:
                 raise BenchmarkError(
-                    f"{len(replies)} of {count} workers answered ping within {START_TIMEOUT} s"
+                    f"{len(replies)} of {count} workers replied to ping within {START_TIMEOUT} s"
                 )
     finally:
         app.close()
@@ -538,7 +538,7 @@ def stop_celery(processes: CeleryProcesses) -> None:
 
 @dataclass
 class Observations:
-    """What this process read while beat and the workers ran."""
+    """Readings this process took while beat and the workers ran."""
 
     dues: dict[int, list[datetime]]
     """Every value of each connector's ``next_run_at``, oldest first."""
@@ -820,7 +820,7 @@ class Report:
     statuses: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     max_gap: float = 0.0
-    """The longest time in seconds that any connector went without a scan start."""
+    """Maximum time in seconds that a connector went without a scan start."""
     max_queue: int = 0
     drain_seconds: float = 0.0
     median_poll_seconds: float = 0.0
@@ -929,7 +929,7 @@ def per_minute(
     window_start: datetime,
     window_end: datetime,
 ) -> list[MinuteFigures]:
-    """Split the window's figures by minute, so a slow stretch stands out."""
+    """Split the window's figures by minute, so that a slow minute is visible."""
     minutes = []
     samples = observations.machine_samples
     begin = window_start

@@ -1,7 +1,7 @@
 """Page latency: the dashboard, the connector list and the job list under concurrent load.
 
 The benchmark fills a database with N connectors (a few runs each) and M
-projects and quotes (one file each), serves Mailroom with gunicorn on
+projects and quotes (one file each). It serves Mailroom with gunicorn on
 127.0.0.1, logs in as an admin, and requests each page from many client
 threads at once. It prints the median and 99th percentile latency and the
 request rate per page.
@@ -70,7 +70,7 @@ REQUEST_TIMEOUT = 30.0
 PAGE_TIME_LIMIT = 600.0
 """Seconds after which the clients stop requesting a page even if requests are left."""
 START_TIMEOUT = 60.0
-"""Seconds to wait for gunicorn to answer."""
+"""Seconds to wait until gunicorn responds."""
 CHUNK_ROWS = 5000
 """Rows per executemany when the database is filled."""
 RUNS_PER_CONNECTOR = 3
@@ -114,7 +114,7 @@ def _insert(
 
 
 def _is_quote(job_id: int) -> bool:
-    """Every fourth job is a quote, so projects have the deeper list."""
+    """Return whether job ``job_id`` is a quote: every fourth is, so projects fill more pages."""
     return job_id % 4 == 0
 
 
@@ -322,7 +322,7 @@ def start_gunicorn(
             pass  # Refused until gunicorn listens, or slow while its workers boot.
         if time.monotonic() > deadline:
             stop_process(process, "gunicorn")
-            raise BenchmarkError(f"gunicorn did not answer on {url} within {START_TIMEOUT} s")
+            raise BenchmarkError(f"gunicorn did not respond on {url} within {START_TIMEOUT} s")
         time.sleep(0.2)
     logger.info("gunicorn pid %d serves %s with %d x %d", process.pid, url, workers, threads)
     return process
@@ -618,7 +618,8 @@ def format_report(report: Report) -> str:
         f"gunicorn {report.gunicorn_workers} workers x {report.gunicorn_threads} threads, "
         f"{report.clients} clients, {report.requests} requests per page, "
         f"database {report.database}, load average before the run {load}, commit {report.code}",
-        "latency in ms; 'alone' is the median of one client's requests with no other load; "
+        "latency in ms; 'alone' is the median of one client that sends one request after "
+        "the other; "
         "SQL, SQL ms and view ms are the statements, their time and the whole request "
         "of one request through Flask's test client",
     ]

@@ -7,6 +7,7 @@ check no timing, because a shared test machine gives no stable latencies.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 
 import pytest
@@ -22,10 +23,12 @@ SECONDS = 20
 JOBS = 50
 CLIENTS = 2
 REQUESTS = 20
+# The same variable as the postgres_url fixture in tests/servers.py.
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", connector_scale.DEFAULT_POSTGRES_URL)
 
 
 def _require_postgres() -> None:
-    engine = sa.create_engine(connector_scale.DEFAULT_POSTGRES_URL)
+    engine = sa.create_engine(POSTGRES_URL)
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("select 1"))
@@ -48,10 +51,18 @@ def test_connector_scale_small(capsys: pytest.CaptureFixture[str]) -> None:
     _require_postgres()
 
     report = connector_scale.main(
-        ["--connectors", str(CONNECTORS), "--minutes", str(SECONDS / 60), "--starttls"]
+        [
+            "--connectors",
+            str(CONNECTORS),
+            "--minutes",
+            str(SECONDS / 60),
+            "--starttls",
+            "--postgres-url",
+            POSTGRES_URL,
+        ]
     )
 
-    # First due times are 12 s apart, so the 20 s window holds the first two.
+    # First due times are 12 s apart, so the 20 s window contains the first two.
     assert report.due_in_window == 2
     assert report.started_for_due == report.due_in_window
     assert report.unclaimed == 0
@@ -95,6 +106,8 @@ def test_page_latency_small(capsys: pytest.CaptureFixture[str]) -> None:
             "1",
             "--gunicorn-threads",
             "2",
+            "--postgres-url",
+            POSTGRES_URL,
         ]
     )
 
