@@ -49,9 +49,9 @@ class FetchedMessage:
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Build the client TLS context once per CA file.
 
-    Loading the system CA bundle costs tens of milliseconds of CPU, which a
-    context per connection paid on every scan; one context serves many
-    connections and threads.
+    Loading the system CA bundle costs tens of milliseconds of CPU. A cached
+    context avoids paying that on every scan, and it is safe to share
+    between connections and threads.
     """
     context = ssl.create_default_context()
     if ca_file is not None:
@@ -109,7 +109,7 @@ def _connect(settings: ImapSettings) -> imaplib.IMAP4:
         ) from None
     except imaplib.IMAP4.abort as exc:
         raise MailboxError(
-            f"{where} did not answer like an IMAP server ({exc}); check the port and Use SSL"
+            f"{where} did not respond like an IMAP server ({exc}); check the port and Use SSL"
         ) from None
     except OSError as exc:
         raise MailboxError(f"Cannot connect to {where}: {exc.strerror or exc}") from None

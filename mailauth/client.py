@@ -49,16 +49,16 @@ def call_token_endpoint(provider: Provider, action: str, call: Any) -> dict[str,
                 "(a client secret may have expired)."
             ) from None
         raise TemporaryTokenError(
-            f"{provider.label} answered {exc.error}{description} while {action}; will retry"
+            f"{provider.label} responded {exc.error}{description} while {action}; will retry"
         ) from None
     except requests.Timeout:
         raise TemporaryTokenError(
-            f"{provider.label} did not answer in time while {action}; will retry"
+            f"{provider.label} timed out while {action}; will retry"
         ) from None
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise TemporaryTokenError(
-            f"{provider.label} answered HTTP {status} while {action}; will retry"
+            f"{provider.label} responded HTTP {status} while {action}; will retry"
         ) from None
     except (requests.RequestException, ValueError) as exc:
         raise TemporaryTokenError(

@@ -101,9 +101,7 @@ def finish_consent(
 ) -> ConsentResult:
     """Check the callback, exchange the code, and store the token encrypted."""
     if not state:
-        raise ConsentError(
-            "The provider's answer has no state; start again with Generate new token"
-        )
+        raise ConsentError("The provider's response has no state; click Generate new token again")
     # Delete first and commit, so a second callback with the same state finds
     # nothing even if the code exchange below is slow or fails.
     row = session.scalars(
@@ -111,12 +109,12 @@ def finish_consent(
     ).one_or_none()
     if row is None:
         raise ConsentError(
-            "This consent answer was already used or is unknown; click Generate new token again"
+            "This consent response was already used or is unknown; click Generate new token again"
         )
     deleted = rowcount(session.execute(sa.delete(OAuthState).where(OAuthState.id == row.id)))
     session.commit()
     if deleted != 1:
-        raise ConsentError("This consent answer was already used; click Generate new token again")
+        raise ConsentError("This consent response was already used; click Generate new token again")
 
     if row.user_id != user_id or not secrets.compare_digest(row.session_binding, session_binding):
         raise ConsentError(
@@ -134,7 +132,9 @@ def finish_consent(
         detail = f": {error_description}" if error_description else ""
         raise ConsentError(f"The provider did not give consent ({error}{detail})")
     if not code:
-        raise ConsentError("The provider's answer has no authorization code; try again")
+        raise ConsentError(
+            "The provider's response has no authorization code; click Generate new token again"
+        )
 
     provider = providers.get(account.provider)
     if provider is None or account.client_id is None:

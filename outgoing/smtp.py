@@ -116,8 +116,8 @@ def explain_answer(code: int, answer: str, login: str | None = None) -> SendErro
             code=code,
         )
     if code == 454 or 400 <= code < 500:
-        return TemporarySendError(f"The server answered {code} {answer}; will retry.", code=code)
-    return PermanentSendError(f"The server answered {code} {answer}.", code=code)
+        return TemporarySendError(f"The server responded {code} {answer}; will retry.", code=code)
+    return PermanentSendError(f"The server rejected the message: {code} {answer}.", code=code)
 
 
 def _greeting_hint(endpoint: SmtpEndpoint) -> str:
@@ -234,7 +234,7 @@ def send_bytes(
             details = "; ".join(
                 f"{rcpt}: {code} {_text(text)}" for rcpt, (code, text) in refused.items()
             )
-            logger.warning("some recipients were refused: %s", details)
+            logger.warning("the server rejected some recipients: %s", details)
     except smtplib.SMTPRecipientsRefused as exc:
         code, text = next(iter(exc.recipients.values()))
         raise explain_answer(code, _text(text), login) from None
