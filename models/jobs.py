@@ -25,7 +25,8 @@ class Job(Base):
     """A project or a quote."""
 
     __tablename__ = "jobs"
-    __table_args__ = (sa.Index("ix_jobs_kind_created", "kind", "created_at"),)
+    # Serves the job lists: kind filter, newest first, and the keyset cursor.
+    __table_args__ = (sa.Index("ix_jobs_kind_created_id", "kind", "created_at", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[JobKind] = mapped_column(enum_column(JobKind))
