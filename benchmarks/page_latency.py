@@ -706,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep-page",
         type=_positive_int,
         default=1000,
-        help="page number of the deep job list page, capped at the last page (default 1000)",
+        help="which page of 50 projects the deep job list request shows, reached by the "
+        "cursor an Older link would carry; capped at the last page (default 1000)",
     )
     parser.add_argument(
         "--gunicorn-workers", type=_positive_int, default=2, help="gunicorn --workers (default 2)"
@@ -727,15 +728,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pages_to_measure(dataset: Dataset, deep_page: int) -> list[Page]:
+def deep_page_cursor(database_url: str, projects: int, deep_page: int) -> int:
+    """Return the id an "Older" link carries to reach page ``deep_page`` of the projects."""
+    from models import Job, JobKind
     from web.jobs import JOBS_PER_PAGE
 
-    last_page = max(1, -(-dataset.projects // JOBS_PER_PAGE))
+    last_page = max(1, -(-projects // JOBS_PER_PAGE))
+    shown_before = (min(deep_page, last_page) - 1) * JOBS_PER_PAGE
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            cursor = connection.scalar(
+                sa.select(Job.id)
+                .where(Job.kind == JobKind.PROJECT)
+                .order_by(Job.created_at.desc(), Job.id.desc())
+                .offset(max(0, shown_before - 1))
+                .limit(1)
+            )
+    finally:
+        engine.dispose()
+    if cursor is None:
+        raise BenchmarkError("the database holds no project to page from")
+    return int(cursor)
+
+
+def pages_to_measure(deep_cursor: int) -> list[Page]:
     return [
         Page("dashboard", "/", "Dashboard"),
         Page("connector list", "/configuration/integration/smart-connectors", "Smart Connectors"),
         Page("job list, first page", "/projects", "Projects"),
-        Page("job list, deep page", f"/projects?page={min(deep_page, last_page)}", "Projects"),
+        Page("job list, deep page", f"/projects?before={deep_cursor}", "Projects"),
     ]
 
 
@@ -779,7 +801,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
             load_average=load_average,
             code=code_version(),
         )
-        pages = pages_to_measure(dataset, args.deep_page)
+        pages = pages_to_measure(deep_page_cursor(database_url, dataset.projects, args.deep_page))
         for page in pages:
             result = measure_page(url, cookies, page, args.clients, args.requests, gunicorn.pid)
             report.pages.append(result)

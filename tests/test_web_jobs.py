@@ -116,6 +116,10 @@ def job_links(html: str) -> list[str]:
     return re.findall(r'<a href="/jobs/\d+">([^<]+)</a>', html)
 
 
+def job_ids(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'<a href="/jobs/(\d+)">', html)]
+
+
 def test_project_list_paginates_newest_first(logged_in, services) -> None:
     add_jobs(services, JobKind.PROJECT, 51, "Project")
     add_jobs(services, JobKind.QUOTE, 2, "Quote")
@@ -126,16 +130,78 @@ def test_project_list_paginates_newest_first(logged_in, services) -> None:
     assert len(names) == 50
     assert names[0] == "Project 51"
     assert names[-1] == "Project 02"
-    assert "1–50 of 51, newest first." in first.text
-    assert "Page 1 of 2" in first.text
-    assert 'href="/projects?page=2"' in first.text
+    assert "51 projects, newest first." in first.text
+    newest_id, oldest_shown = job_ids(first.text)[0], job_ids(first.text)[-1]
+    assert f'href="/projects?before={oldest_shown}">Older</a>' in first.text
+    assert ">Newer</span>" in first.text  # nothing is newer than the first page
 
-    second = logged_in.get("/projects?page=2")
+    second = logged_in.get(f"/projects?before={oldest_shown}")
     assert job_links(second.text) == ["Project 01"]
-    assert 'href="/projects?page=1"' in second.text
+    assert "51 projects, newest first." in second.text
+    assert ">Older</span>" in second.text
+    back = logged_in.get(f"/projects?after={job_ids(second.text)[0]}")
+    # Fewer than a page is newer, so "Newer" shows the full newest page.
+    assert job_links(back.text) == names
+    assert job_ids(back.text)[0] == newest_id
 
-    assert logged_in.get("/projects?page=3").status_code == 404
-    assert logged_in.get("/projects?page=0").status_code == 404
+    assert logged_in.get("/projects?before=abc").status_code == 404
+    assert logged_in.get("/projects?before=999999").status_code == 404
+
+
+def test_job_list_cursors_walk_the_whole_list(logged_in, services) -> None:
+    add_jobs(services, JobKind.PROJECT, 120, "Project")
+    add_jobs(services, JobKind.QUOTE, 3, "Quote")
+    seen: list[str] = []
+    page = logged_in.get("/projects")
+    pages = [page]
+    while "Older</a>" in page.text:
+        older = re.search(r'href="(/projects\?before=\d+)">Older</a>', page.text)
+        assert older is not None
+        page = logged_in.get(older.group(1))
+        pages.append(page)
+    for each in pages:
+        seen.extend(job_links(each.text))
+    assert seen == [f"Project {number:02}" for number in range(120, 0, -1)]
+    assert [len(job_links(each.text)) for each in pages] == [50, 50, 20]
+
+    # Newer from the last page goes back to the middle page, a full one.
+    middle_first = job_ids(pages[1].text)[0]
+    newer = re.search(r'href="(/projects\?after=\d+)">Newer</a>', pages[2].text)
+    assert newer is not None
+    back = logged_in.get(newer.group(1))
+    assert job_ids(back.text)[0] == middle_first
+    assert job_links(back.text) == job_links(pages[1].text)
+
+    # A quote's id is no cursor in the project list.
+    quote_id = job_ids(logged_in.get("/quotes").text)[0]
+    assert logged_in.get(f"/projects?before={quote_id}").status_code == 404
+
+
+def test_job_list_cursors_order_jobs_of_the_same_second_by_id(logged_in, services) -> None:
+    with services.db.session() as session:
+        client = Client(name="Lark Media")
+        session.add_all(
+            Job(kind=JobKind.PROJECT, name=f"Same {number:02d}", client=client, created_at=START)
+            for number in range(1, 61)
+        )
+        session.commit()
+    first = logged_in.get("/projects")
+    older = re.search(r'href="(/projects\?before=\d+)">Older</a>', first.text)
+    assert older is not None
+    second = logged_in.get(older.group(1))
+    assert job_links(first.text) + job_links(second.text) == [
+        f"Same {number:02d}" for number in range(60, 0, -1)
+    ]
+
+
+def test_job_count_follows_new_jobs(logged_in, services) -> None:
+    add_jobs(services, JobKind.PROJECT, 2, "Project")
+    assert "2 projects, newest first." in logged_in.get("/projects").text
+    add_jobs(services, JobKind.PROJECT, 1, "Late")
+    assert "3 projects, newest first." in logged_in.get("/projects").text
+    assert "1 quote, newest first." not in logged_in.get("/quotes").text
+    add_jobs(services, JobKind.QUOTE, 1, "Quote")
+    assert "1 quote, newest first." in logged_in.get("/quotes").text
 
 
 def test_quote_list_shows_only_quotes(logged_in, services) -> None:
@@ -144,7 +210,7 @@ def test_quote_list_shows_only_quotes(logged_in, services) -> None:
     page = logged_in.get("/quotes")
     assert page.status_code == 200
     assert job_links(page.text) == ["Quote 02", "Quote 01"]
-    assert "Page 1 of" not in page.text  # one page needs no page links
+    assert "Older" not in page.text  # one page needs no page links
 
 
 def test_empty_list_says_so(logged_in) -> None:

@@ -13,6 +13,7 @@ from runtime import Services, build_services
 from .celery_app import celery_init_app
 from .db import close_db_session
 from .extensions import bootstrap, csrf, login_manager, mail
+from .formatting import utc_time
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     @app.context_processor
     def links() -> dict[str, object]:
         return {"flower_url": app.config.get("FLOWER_URL")}
+
+    app.add_template_filter(utc_time)
 
     register_extensions(app, services)
     celery_init_app(app, services)
