@@ -8,10 +8,10 @@ from flask import Flask
 
 from config import Settings, load_settings
 from logconfig import configure_logging
-from runtime import Services, build_services
+from runtime import build_services
 
 from .celery_app import celery_init_app
-from .db import close_db_session
+from .db import close_db_session, db_session
 from .extensions import bootstrap, csrf, login_manager, mail
 from .formatting import utc_time
 
@@ -47,14 +47,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     app.add_template_filter(utc_time)
 
-    register_extensions(app, services)
+    register_extensions(app)
     celery_init_app(app, services)
     register_blueprints(app)
     register_commands(app)
     return app
 
 
-def register_extensions(app: Flask, services: Services) -> None:
+def register_extensions(app: Flask) -> None:
     bootstrap.init_app(app)
     csrf.init_app(app)
     mail.init_app(app)
@@ -66,9 +66,10 @@ def register_extensions(app: Flask, services: Services) -> None:
 
     @login_manager.user_loader
     def load_user(user_id: str) -> User | None:
-        with services.db.session() as session:
-            user = session.get(User, int(user_id))
-            return user if user is not None and user.is_active else None
+        # The request's own session: one pooled connection per request, so
+        # one pre-ping instead of two.
+        user = db_session().get(User, int(user_id))
+        return user if user is not None and user.is_active else None
 
 
 def register_blueprints(app: Flask) -> None:
