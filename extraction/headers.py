@@ -15,11 +15,16 @@ from datetime import UTC, datetime
 from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.policy import compat32
+from typing import BinaryIO
 
 from .models import MessageInfo
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# parse_message_info reads at most this much of a message file. Header lines after
+# it are so unusual that their loss costs less than reading a huge file into memory.
+MAX_HEADER_BLOCK_BYTES = 1024 * 1024
+_HEADER_READ_BYTES = 64 * 1024
 # Characters RFC 2978 allows in charset names. Anything else cannot name a codec, and
 # some values (an embedded NUL) make the codec lookup raise ValueError.
 _CHARSET_NAME = re.compile(r"[A-Za-z0-9!#$%&'+\-^_`{}~.:]+")
@@ -179,12 +184,30 @@ def _parse_date(value: str | None) -> datetime | None:
     return parsed
 
 
-def parse_message_info(raw: bytes) -> MessageInfo:
+def _read_header_block(source: BinaryIO) -> bytes:
+    """Read a message file from its current position to the end of its header block."""
+    data = b""
+    while len(data) < MAX_HEADER_BLOCK_BYTES:
+        chunk = source.read(_HEADER_READ_BYTES)
+        if not chunk:
+            break
+        # The end may straddle two reads, and it is at most four bytes long.
+        search_from = max(len(data) - 3, 0)
+        data += chunk
+        if _HEADER_END.search(data, search_from):
+            break
+    return data
+
+
+def parse_message_info(raw: bytes | BinaryIO) -> MessageInfo:
     """Parse only the header block of a raw message into MessageInfo.
 
-    Decoding damage (such as an unknown charset in the subject) is not reported here.
-    extract_files reports it in its problems.
+    ``raw`` may be a binary file positioned at the message's start, of which at most
+    MAX_HEADER_BLOCK_BYTES are read. Decoding damage (such as an unknown charset in the
+    subject) is not reported here. extract_files reports it in its problems.
     """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raw = _read_header_block(raw)
     end = _HEADER_END.search(raw)
     header_block = raw if end is None else raw[: end.end()]
     parser = BytesFeedParser(policy=compat32)

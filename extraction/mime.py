@@ -21,6 +21,7 @@ from .headers import decode_header_text, main_value, raw_header, read_message_in
 from .models import ExtractedFile, ExtractionOptions, ExtractionResult
 from .names import guess_content_type, normalize_content_type, part_filename, sanitize_name
 from .output import Blob, FileSink
+from .spool import NO_SPOOL, READ_CHUNK_BYTES, SpooledBodies, detect_linesep, parse_file
 from .tnef import TnefError, is_tnef, unpack_tnef
 from .transfer import (
     ByteSink,
@@ -36,8 +37,6 @@ MAX_NESTED_MESSAGES = 5
 MAX_MULTIPART_DEPTH = 50
 """Multipart containers nested deeper than this within one message are skipped, which
 keeps recursion far below Python's limit on hostile input."""
-
-READ_CHUNK_BYTES = 1024 * 1024
 
 _ATTACHED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 _SIGNATURE_TYPES = frozenset(
@@ -90,7 +89,7 @@ def _body_parts(message: Message) -> Iterator[Message]:
             yield part
 
 
-def _referenced_content_ids(message: Message) -> frozenset[str]:
+def _referenced_content_ids(message: Message, bodies: SpooledBodies) -> frozenset[str]:
     """Collect the cid: references of the message's HTML bodies, lowercased."""
     found: set[str] = set()
     for part in _body_parts(message):
@@ -98,6 +97,7 @@ def _referenced_content_ids(message: Message) -> frozenset[str]:
             continue
         if main_value(raw_header(part, "content-disposition")) == "attachment":
             continue
+        bodies.expand_part(part)
         html = part.get_payload(decode=True)
         if not isinstance(html, bytes):
             continue
@@ -117,37 +117,26 @@ def _flatten(message: Message, out: ByteSink, linesep: str) -> None:
     BytesGenerator(out, mangle_from_=False, maxheaderlen=0, policy=policy).flatten(message)
 
 
-def _parse(source: bytes | BinaryIO) -> tuple[Message, str]:
-    """Parse a raw message in chunks and return it with its line ending.
+def _parse(source: bytes | BinaryIO) -> tuple[Message, str, SpooledBodies]:
+    """Parse a raw message and return it with its line ending and its spooled bodies.
 
-    Feeding chunks keeps the parser from making a full str copy of the input next to the
-    parsed tree, which then contains about one copy of the message.
+    A message in a file is parsed with parse_file, so its long bodies stay in the file.
+    Bytes are fed to the parser in chunks, which keeps it from making a full str copy of
+    the input next to the parsed tree.
 
     NOTE: while the stdlib parser collects the lines of a large part, its traced memory
     peaks at about 2.8 times the message size (measured with tracemalloc for a 12 MB
-    base64 attachment, see test_large_attachment_memory). That peak is inside the parser.
+    base64 attachment, see test_large_attachment_memory), so pass large messages as a
+    file.
     """
+    if not isinstance(source, bytes | bytearray | memoryview):
+        return parse_file(source)
     parser = BytesFeedParser(policy=compat32)
-    linesep = "\r\n"
-    first = True
-    for chunk in _read_chunks(source):
-        if first:
-            newline = chunk.find(b"\n")
-            if newline > 0 and chunk[newline - 1 : newline] != b"\r":
-                linesep = "\n"
-            first = False
-        parser.feed(chunk)
-    return parser.close(), linesep
-
-
-def _read_chunks(source: bytes | BinaryIO) -> Iterator[bytes]:
-    if isinstance(source, bytes | bytearray | memoryview):
-        view = memoryview(source)
-        for start in range(0, len(view), READ_CHUNK_BYTES):
-            yield bytes(view[start : start + READ_CHUNK_BYTES])
-        return
-    while chunk := source.read(READ_CHUNK_BYTES):
-        yield chunk
+    view = memoryview(source)
+    linesep = detect_linesep(bytes(view[:READ_CHUNK_BYTES]))
+    for start in range(0, len(view), READ_CHUNK_BYTES):
+        parser.feed(bytes(view[start : start + READ_CHUNK_BYTES]))
+    return parser.close(), linesep, NO_SPOOL
 
 
 def _parse_bytes(data: bytes) -> Message:
@@ -171,15 +160,19 @@ class _Leaf:
 class _Extractor:
     """One run of extract_files over one message tree."""
 
-    def __init__(self, sink: FileSink, options: ExtractionOptions, linesep: str) -> None:
+    def __init__(
+        self, sink: FileSink, options: ExtractionOptions, linesep: str, bodies: SpooledBodies
+    ) -> None:
         self.sink = sink
         self.options = options
         self.linesep = linesep
+        self.bodies = bodies
 
     def walk_message(self, message: Message, number: str, message_depth: int) -> None:
         """Walk a message whose own section number is ``number`` ("" for the top level)."""
         context = _Context(
-            message_depth=message_depth, content_ids=_referenced_content_ids(message)
+            message_depth=message_depth,
+            content_ids=_referenced_content_ids(message, self.bodies),
         )
         if message.is_multipart() and message.get_content_type().startswith("multipart/"):
             self._walk_entity(message, number, context)
@@ -289,7 +282,7 @@ class _Extractor:
     def _decode(self, leaf: _Leaf) -> tuple[Blob, DecodeOutcome] | None:
         """Decode a leaf into a blob, or return None if the message ends inside it."""
         with self.sink.new_blob() as blob:
-            outcome = write_payload(leaf.part, blob)
+            outcome = write_payload(leaf.part, blob, self.bodies)
         if leaf.open_ended and outcome.ended_inside_group:
             blob.discard()
             self.sink.report(
@@ -416,23 +409,32 @@ class _Extractor:
             return
         self.walk_message(inner, number, context.message_depth + 1)
 
+    def _flatten(self, message: Message, out: ByteSink) -> None:
+        """Write ``message`` as it arrived, with the placeholders of the parse expanded."""
+        writer = self.bodies.writer(out)
+        _flatten(message, writer, self.linesep)
+        writer.close()
+
     def _decode_encoded_message(self, inner: Message, encoding: str) -> tuple[bytes, DecodeOutcome]:
         """Undo a transfer encoding that RFC 2046 forbids on message/rfc822 but clients use.
 
         The parser read the encoded text as a message, usually one without headers whose
         body is the base64 text, so that text is decoded here and parsed again.
+
+        NOTE: the decoded message is parsed in memory, even from a spooled message, so a
+        large attached message encoded this way costs several times its size.
         """
         if inner.keys():
             buffer = io.BytesIO()
-            _flatten(inner, buffer, self.linesep)
+            self._flatten(inner, buffer)
             text = buffer.getvalue().decode("ascii", "surrogateescape")
         else:
-            text = payload_text(inner) or ""
+            text = self.bodies.expand(payload_text(inner) or "")
         carrier = Message()
         carrier["Content-Transfer-Encoding"] = encoding
         carrier.set_payload(text)
         decoded = io.BytesIO()
-        outcome = write_payload(carrier, decoded)
+        outcome = write_payload(carrier, decoded, NO_SPOOL)
         return decoded.getvalue(), outcome
 
     def _save_message(
@@ -455,7 +457,7 @@ class _Extractor:
             if encoded is not None:
                 blob.write(encoded)
             else:
-                _flatten(inner, blob, self.linesep)
+                self._flatten(inner, blob)
         self.sink.add(blob, file_name, "message/rfc822", "nested-message")
         if open_ended:
             self.sink.report(
@@ -472,6 +474,10 @@ def extract_files(
 ) -> ExtractionResult:
     """Extract the files of one raw e-mail into ``workdir``.
 
+    ``raw`` is the message's bytes or a seekable binary file positioned at its start.
+    A file must stay open and unchanged until this returns, and its long bodies are
+    decoded from the file without holding them in memory.
+
     Damaged parts are worked around and described in ``problems``. The only exceptions
     are OSError for a missing work directory or failed reads and writes, and errors
     raised while reading ``raw``.
@@ -480,12 +486,12 @@ def extract_files(
     if not workdir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "work directory not found", str(workdir))
 
-    message, linesep = _parse(raw)
+    message, linesep, bodies = _parse(raw)
     notes: list[str] = []
     info = read_message_info(message, notes)
     sink = FileSink(workdir, info.message_id)
     for note in notes:
         sink.report(note)
 
-    _Extractor(sink, options, linesep).walk_message(message, "", 0)
+    _Extractor(sink, options, linesep, bodies).walk_message(message, "", 0)
     return ExtractionResult(info=info, files=sink.files, problems=sink.problems)

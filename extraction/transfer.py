@@ -1,7 +1,8 @@
 """Decoding of Content-Transfer-Encoding into a file, in chunks.
 
-The parsed message keeps each payload as one string. Decoding it in chunks of
-CHUNK_CHARS characters means a large attachment costs that string plus one chunk,
+A payload is decoded in chunks of CHUNK_CHARS characters, cut from the payload string
+or, for a message parsed from a file, read from the file (see spool.py). So a large
+attachment costs one chunk, plus its payload string if it was parsed in memory,
 instead of the extra full copies that ``get_payload(decode=True)`` makes.
 """
 
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .headers import raw_header, unfold
+
+if TYPE_CHECKING:
+    from .spool import SpooledBodies
 
 CHUNK_CHARS = 1024 * 1024
 
@@ -97,22 +101,17 @@ class Base64Decoder:
             self._out.write(binascii.a2b_base64(data))
 
 
-def _chunks(text: str) -> Iterator[str]:
-    for start in range(0, len(text), CHUNK_CHARS):
-        yield text[start : start + CHUNK_CHARS]
-
-
-def _write_base64(payload: str, out: ByteSink, outcome: DecodeOutcome) -> None:
+def _write_base64(chunks: Iterable[str], out: ByteSink, outcome: DecodeOutcome) -> None:
     decoder = Base64Decoder(out)
-    for chunk in _chunks(payload):
+    for chunk in chunks:
         decoder.feed(chunk)
     outcome.ended_inside_group = decoder.close()
     outcome.invalid_base64 = decoder.invalid
 
 
-def _write_quoted_printable(payload: str, out: ByteSink) -> None:
+def _write_quoted_printable(chunks: Iterable[str], out: ByteSink) -> None:
     pending = ""
-    for chunk in _chunks(payload):
+    for chunk in chunks:
         data = pending + chunk
         cut = data.rfind("\n") + 1
         if cut == 0:
@@ -127,8 +126,8 @@ def _write_quoted_printable(payload: str, out: ByteSink) -> None:
         out.write(binascii.a2b_qp(pending.encode("ascii")))
 
 
-def _write_unencoded(payload: str, out: ByteSink) -> None:
-    for chunk in _chunks(payload):
+def _write_unencoded(chunks: Iterable[str], out: ByteSink) -> None:
+    for chunk in chunks:
         out.write(chunk.encode("ascii"))
 
 
@@ -151,10 +150,11 @@ def payload_text(part: Message) -> str | None:
     return payload if isinstance(payload, str) else None
 
 
-def write_payload(part: Message, out: ByteSink) -> DecodeOutcome:
+def write_payload(part: Message, out: ByteSink, bodies: SpooledBodies) -> DecodeOutcome:
     """Decode the transfer encoding of a non-multipart part into ``out``.
 
-    An unknown transfer encoding is written undecoded and named in the outcome.
+    ``bodies`` expands the placeholders of a message parsed from a file. An unknown
+    transfer encoding is written undecoded and named in the outcome.
     """
     outcome = DecodeOutcome()
     if part.is_multipart():
@@ -166,15 +166,16 @@ def write_payload(part: Message, out: ByteSink) -> DecodeOutcome:
         outcome.unknown_encoding = encoding
     if payload is not None and encoding == "base64":
         # Non-ASCII characters are invalid in base64 whatever their origin.
-        _write_base64(payload, out, outcome)
+        _write_base64(bodies.text_chunks(payload), out, outcome)
     elif payload is None or encoding in _UUENCODE or not payload.isascii():
         # get_payload() re-decodes raw 8-bit bytes with the part's charset, so only
         # get_payload(decode=True) returns them exactly. It keeps the whole part in
         # memory, which is acceptable for the rare 8-bit and uuencoded attachments.
+        bodies.expand_part(part)
         data = part.get_payload(decode=True)
         out.write(data if isinstance(data, bytes) else b"")
     elif encoding == "quoted-printable":
-        _write_quoted_printable(payload, out)
+        _write_quoted_printable(bodies.text_chunks(payload), out)
     else:
-        _write_unencoded(payload, out)
+        _write_unencoded(bodies.text_chunks(payload), out)
     return outcome

@@ -1,5 +1,10 @@
 """Processing one IMAP folder: fetch in batches, make jobs, then act on the mail.
 
+Small messages are fetched in batches and extracted in memory. A message larger
+than LARGE_MESSAGE_BYTES is fetched alone, in pieces, into a temporary file in
+the run's work directory, and extracted from that file, so the memory a run
+needs does not grow with the size of such a message.
+
 Order of steps, which the no-loss and no-duplicate guarantees rest on:
 fetch, extract to disk, commit jobs with ledger rows, then delete (or move,
 or mark seen) exactly those UIDs, then mark the ledger rows done. A crash
@@ -11,8 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import redis
 import sqlalchemy as sa
@@ -32,6 +41,11 @@ from .stores import copy_failed, copy_jobs
 logger = logging.getLogger(__name__)
 
 SAVE_FAILED = "Could not save the job; see the worker log. The e-mail stays in the folder."
+
+# Messages larger than this (RFC822.SIZE, in bytes) are fetched alone, in pieces,
+# into a file. Smaller ones are fetched in batches, which is faster, and a
+# batch's memory is bounded by IntakeContext.fetch_batch_bytes.
+LARGE_MESSAGE_BYTES = 1024 * 1024
 
 
 class MailboxRun:
@@ -144,10 +158,20 @@ class MailboxRun:
 
         pending: list[PreparedMessage] = []  # batch aggregation: one job at the end
         sizes = self.mailbox.sizes(todo) if todo else {}
-        for batch in batches(todo, sizes, self.ctx.fetch_batch_size, self.ctx.fetch_batch_bytes):
+        groups = batches(
+            todo,
+            sizes,
+            self.ctx.fetch_batch_size,
+            self.ctx.fetch_batch_bytes,
+            alone_bytes=LARGE_MESSAGE_BYTES,
+        )
+        for batch in groups:
             if self.lock is not None:
                 self.lock.reacquire()
-            prepared = self.prepare_batch(batch)
+            if sizes.get(batch[0], 0) > LARGE_MESSAGE_BYTES:
+                prepared = self.prepare_large(batch[0])
+            else:
+                prepared = self.prepare_batch(batch)
             if self.settings.aggregation == Aggregation.BATCH:
                 pending.extend(prepared)
                 continue
@@ -156,17 +180,42 @@ class MailboxRun:
             self.finish(self.commit(pending))
 
     def prepare_batch(self, batch: list[int]) -> list[PreparedMessage]:
-        fetched_batch = self.mailbox.fetch(batch)
+        """Fetch ``batch`` in one round trip and extract each message in memory."""
+        fetched = [
+            (message.uid, message.raw, hashlib.sha256(message.raw).hexdigest())
+            for message in self.mailbox.fetch(batch)
+        ]
+        return self.prepare_fetched(fetched)
+
+    def prepare_large(self, uid: int) -> list[PreparedMessage]:
+        """Fetch one message in pieces into a temporary file and extract it from there.
+
+        TemporaryFile removes the file's name at once (on Linux it never has one),
+        so the file is gone when closed, even after a crash. The content hash is
+        computed while the pieces arrive and equals the hash of the whole
+        message's bytes, as for a batch.
+        """
+        with tempfile.TemporaryFile(dir=self.workdir) as spool:
+            hashing = _HashingWriter(spool)
+            size = self.mailbox.fetch_into(uid, hashing)
+            if size is None:
+                logger.info("uid %s is no longer in the folder", uid)
+                return []
+            logger.debug("uid %s fetched in pieces, %d bytes", uid, size)
+            return self.prepare_fetched([(uid, spool, hashing.sha256.hexdigest())])
+
+    def prepare_fetched(
+        self, fetched: Sequence[tuple[int, bytes | BinaryIO, str]]
+    ) -> list[PreparedMessage]:
+        """Prepare fetched messages, given as (uid, raw message, content hash)."""
         prepared: list[PreparedMessage] = []
         repeated: list[int] = []
         with self.ctx.db.session() as session:
             earlier_by_hash = find_earlier(
-                session,
-                self.settings.id,
-                [hashlib.sha256(fetched.raw).hexdigest() for fetched in fetched_batch],
+                session, self.settings.id, [content_hash for _uid, _raw, content_hash in fetched]
             )
-            for fetched in fetched_batch:
-                message = self.prepare(session, fetched.uid, fetched.raw, earlier_by_hash)
+            for uid, raw, content_hash in fetched:
+                message = self.prepare(session, uid, raw, content_hash, earlier_by_hash)
                 if message is None:
                     continue
                 if message.files:
@@ -181,18 +230,19 @@ class MailboxRun:
         self,
         session: Session,
         uid: int,
-        raw: bytes,
+        raw: bytes | BinaryIO,
+        content_hash: str,
         earlier_by_hash: dict[str, ProcessedMessage],
     ) -> PreparedMessage | None:
         """Extract one message's files; return None when it makes no job now.
 
-        A message already turned into a job comes back with no files, so the
-        caller only runs the after-processing action on it.
+        ``raw`` is the message's bytes or a file that contains them. A message
+        already turned into a job comes back with no files, so the caller only
+        runs the after-processing action on it.
         """
-        content_hash = hashlib.sha256(raw).hexdigest()
         earlier = earlier_by_hash.get(content_hash)
         if earlier is not None:
-            info = parse_message_info(raw)
+            info = parse_message_info(_from_start(raw))
             if earlier.message_id is None or earlier.message_id == info.message_id:
                 # Same bytes already made a job, before the UIDVALIDITY changed.
                 logger.info("uid %s repeats an already processed message", uid)
@@ -200,14 +250,14 @@ class MailboxRun:
                 return PreparedMessage(uid=uid, content_hash=content_hash, info=info, files=[])
 
         if self.settings.rules:
-            info = parse_message_info(raw)
+            info = parse_message_info(_from_start(raw))
             accepted, reason = rules.message_accepted(self.settings.rules, info)
             if not accepted:
                 logger.info("uid %s skipped: %s", uid, reason)
                 self.skip(session, uid, content_hash, info.message_id)
                 return None
 
-        result = extract_files(raw, self.workdir, self.extraction)
+        result = extract_files(_from_start(raw), self.workdir, self.extraction)
         files = [f for f in result.files if rules.file_accepted(self.settings.rules, f.name)]
         prepared = PreparedMessage(
             uid=uid, content_hash=content_hash, info=result.info, files=files
@@ -247,7 +297,7 @@ class MailboxRun:
         uid: int,
         message: PreparedMessage | None,
         reason: str,
-        raw: bytes | None = None,
+        raw: bytes | BinaryIO | None = None,
     ) -> None:
         quarantined = record_failure(
             session,
@@ -270,13 +320,18 @@ class MailboxRun:
         self.outcome.problem(uid, message, reason)
 
     def store_failed(
-        self, uid: int, message: PreparedMessage | None, raw: bytes | None
+        self, uid: int, message: PreparedMessage | None, raw: bytes | BinaryIO | None
     ) -> str | None:
         """Copy a quarantined message's files, or the e-mail itself, to the error store."""
         files = [(f.path, f.name) for f in message.files] if message and message.files else []
         if not files and raw is not None:
             eml = self.workdir / f"uid-{uid}.eml"
-            eml.write_bytes(raw)
+            if isinstance(raw, bytes):
+                eml.write_bytes(raw)
+            else:
+                raw.seek(0)
+                with eml.open("wb") as copy:
+                    shutil.copyfileobj(raw, copy)
             subject = message.info.subject if message else None
             files = [(eml, f"{subject or f'message {uid}'}.eml")]
         return copy_failed(self.ctx, self.settings.id, files, f"message-{uid}")
@@ -331,18 +386,51 @@ class MailboxRun:
             session.commit()
 
 
-def batches(uids: list[int], sizes: dict[int, int], count: int, max_bytes: int) -> list[list[int]]:
-    """Group ``uids`` so each UID FETCH has at most ``count`` messages and ``max_bytes``."""
+class _HashingWriter:
+    """Writes to a file and computes the SHA-256 of everything written."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes, /) -> int:
+        self.sha256.update(data)
+        return self._out.write(data)
+
+
+def _from_start(raw: bytes | BinaryIO) -> bytes | BinaryIO:
+    """Return ``raw``, a file positioned at its start again, because each reader moves it."""
+    if not isinstance(raw, bytes):
+        raw.seek(0)
+    return raw
+
+
+def batches(
+    uids: list[int],
+    sizes: dict[int, int],
+    count: int,
+    max_bytes: int,
+    *,
+    alone_bytes: int | None = None,
+) -> list[list[int]]:
+    """Group ``uids`` so each UID FETCH has at most ``count`` messages and ``max_bytes``.
+
+    A message larger than ``alone_bytes`` gets a group of its own.
+    """
     groups: list[list[int]] = []
     current: list[int] = []
     current_bytes = 0
     for uid in uids:
         size = sizes.get(uid, 0)
-        if current and (len(current) >= count or current_bytes + size > max_bytes):
+        alone = alone_bytes is not None and size > alone_bytes
+        if current and (alone or len(current) >= count or current_bytes + size > max_bytes):
             groups.append(current)
             current, current_bytes = [], 0
         current.append(uid)
         current_bytes += size
+        if alone:
+            groups.append(current)
+            current, current_bytes = [], 0
     if current:
         groups.append(current)
     return groups

@@ -23,7 +23,30 @@ from extraction import (
     MessageInfo,
     extract_files,
     parse_message_info,
+    spool,
 )
+
+_extract_from_bytes = extract_files
+
+
+def _extract_from_file(
+    raw: bytes | io.BytesIO, workdir: Path, options: ExtractionOptions = ExtractionOptions()
+) -> ExtractionResult:
+    source = raw if isinstance(raw, io.BytesIO) else io.BytesIO(raw)
+    return _extract_from_bytes(source, workdir, options)
+
+
+@pytest.fixture(autouse=True, params=["bytes", "file"])
+def message_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run every test on the raw bytes and again on a file with all bodies spooled.
+
+    With a minimum run of one byte, every line that can stay in the file does, so each
+    test also checks that the spooled parse gives the same result as the one in memory.
+    """
+    if request.param == "file":
+        monkeypatch.setattr(spool, "MIN_RUN_BYTES", 1)
+        monkeypatch.setitem(globals(), "extract_files", _extract_from_file)
+    return str(request.param)
 
 
 def wire(data: bytes) -> bytes:
@@ -112,6 +135,18 @@ def test_message_info_date(date_header: bytes, expected: datetime | None) -> Non
 
 def test_message_info_missing_headers() -> None:
     assert parse_message_info(b"\r\nbody only\r\n") == MessageInfo(None, None, None, None)
+
+
+def test_message_info_from_file() -> None:
+    # A header block of about 100 KB ends in the second read of the file.
+    padding = b"".join(b"X-Pad-%d: %s\r\n" % (index, b"x" * 60) for index in range(1500))
+    raw = b"Subject: Padded\r\n" + padding + b"From: x@example.com\r\n\r\nbody\r\n" * 2
+
+    info = parse_message_info(io.BytesIO(raw))
+
+    assert info == parse_message_info(raw)
+    assert info.subject == "Padded"
+    assert info.sender == "x@example.com"
 
 
 def test_message_info_raw_8bit_subject() -> None:
@@ -1405,3 +1440,68 @@ def test_large_attachment_memory(tmp_path: Path) -> None:
     assert names(result) == ["large.pdf"]
     assert result.files[0].sha256 == sha(data)
     assert ratio < 4
+
+
+def test_line_longer_than_read_chunk(tmp_path: Path) -> None:
+    # An 8-bit body without line breaks, longer than one read of a message file.
+    long_line = "é".encode() * (spool.READ_CHUNK_BYTES + 1000)
+    after = random.Random(13).randbytes(30_000)
+    raw = wire(
+        b'Content-Type: multipart/mixed; boundary="b"\n'
+        b"\n"
+        b"--b\n"
+        b'Content-Type: text/plain; charset="utf-8"; name="long.txt"\n'
+        b"Content-Transfer-Encoding: 8bit\n"
+        b"\n"
+    )
+    raw += (
+        long_line
+        + b"\r\n"
+        + wire(
+            b"--b\n"
+            b'Content-Type: application/pdf; name="after.pdf"\n'
+            b"Content-Transfer-Encoding: base64\n"
+            b"\n" + base64.encodebytes(after) + b"--b--\n"
+        )
+    )
+
+    result = extract_files(raw, tmp_path)
+
+    assert digests(result) == {"long.txt": sha(long_line), "after.pdf": sha(after)}
+    assert result.problems == []
+
+
+def test_spooled_parse_leaves_bodies_in_file(tmp_path: Path) -> None:
+    data = random.Random(14).randbytes(3 * 1024 * 1024)
+    path = tmp_path / "message.eml"
+    path.write_bytes(message_with_attachment(data, "large.pdf", "application", "pdf"))
+
+    with path.open("rb") as source:
+        message, linesep, _bodies = spool.parse_file(source)
+
+    payloads = [part.get_payload() for part in message.walk() if not part.is_multipart()]
+    in_memory = sum(len(payload) for payload in payloads)
+    assert linesep == "\n"
+    assert in_memory < 1000, f"{in_memory} characters of payload in memory"
+
+
+def test_expanding_writer_joins_split_placeholders() -> None:
+    raw = message_with_attachment(random.Random(15).randbytes(5000), "a.pdf").replace(
+        b"\n", b"\r\n"
+    )
+    source = io.BytesIO(raw)
+    message, _linesep, bodies = spool.parse_file(source, min_run_bytes=1)
+    attachment = list(message.walk())[-1]
+    stored = attachment.get_payload()
+    assert isinstance(stored, str)
+    placeholder = stored.encode()
+    out = io.BytesIO()
+
+    writer = bodies.writer(out)
+    for index in range(len(placeholder)):
+        writer.write(placeholder[index : index + 1])
+    writer.close()
+
+    assert len(placeholder) < 100
+    assert out.getvalue() == bodies.expand(stored).encode()
+    assert out.getvalue() in raw
