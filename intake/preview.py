@@ -15,15 +15,16 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from extraction import ExtractionOptions, extract_files
-from imapsession import MailboxError
+from imapsession import MailboxError, MailboxSession
 from mailauth import TokenError
 from models import Aggregation, Connector, RunStatus
 from robotcode import rules
 
 from .context import IntakeContext
-from .email_source import MailboxRun
+from .email_source import LARGE_MESSAGE_BYTES, MailboxRun, batches
 from .jobs import ConnectorSettings
 from .outcome import RunOutcome
 from .run import TestSelection, login
@@ -84,10 +85,24 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
                 include_inline_images=bool(settings.options.get("include_inline_images")),
                 unpack_zip=bool(settings.options.get("unpack_zip")),
             )
-            for fetched in mailbox.fetch(waiting):
-                preview.messages.append(
-                    _describe(settings, fetched.uid, fetched.raw, options, workdir)
-                )
+            sizes = mailbox.sizes(waiting)
+            groups = batches(
+                waiting,
+                sizes,
+                ctx.fetch_batch_size,
+                ctx.fetch_batch_bytes,
+                alone_bytes=LARGE_MESSAGE_BYTES,
+            )
+            for group in groups:
+                if sizes.get(group[0], 0) > LARGE_MESSAGE_BYTES:
+                    described = _describe_large(mailbox, settings, group[0], options, workdir)
+                    if described is not None:
+                        preview.messages.append(described)
+                    continue
+                for fetched in mailbox.fetch(group):
+                    preview.messages.append(
+                        _describe(settings, fetched.uid, fetched.raw, options, workdir)
+                    )
             preview.messages.sort(key=lambda m: m.uid)
             if settings.aggregation == Aggregation.BATCH and any(m.files for m in preview.messages):
                 preview.jobs = [f"{settings.name}: one job with all files"]
@@ -99,8 +114,30 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
     return preview
 
 
+def _describe_large(
+    mailbox: MailboxSession,
+    settings: ConnectorSettings,
+    uid: int,
+    options: ExtractionOptions,
+    workdir: str,
+) -> PreviewMessage | None:
+    """Describe a large message from a temporary file, as a run reads it.
+
+    Returns None when the message was expunged before it could be read.
+    """
+    with tempfile.TemporaryFile(dir=workdir) as spool:
+        if mailbox.fetch_into(uid, spool) is None:
+            return None
+        spool.seek(0)
+        return _describe(settings, uid, spool, options, workdir)
+
+
 def _describe(
-    settings: ConnectorSettings, uid: int, raw: bytes, options: ExtractionOptions, workdir: str
+    settings: ConnectorSettings,
+    uid: int,
+    raw: bytes | BinaryIO,
+    options: ExtractionOptions,
+    workdir: str,
 ) -> PreviewMessage:
     result = extract_files(raw, Path(workdir), options)
     info = result.info

@@ -22,6 +22,7 @@ from imapsession import ImapSettings, MailboxSession, open_mailbox
 from imapsession.session import FETCH_PIECE_BYTES
 from intake import run_connector
 from intake.email_source import LARGE_MESSAGE_BYTES
+from intake.preview import preview_connector
 from models import (
     AuthMethod,
     Connector,
@@ -432,3 +433,27 @@ def test_quarantined_large_message_copied_whole(
     assert [copy.name for copy in copies] == ["Long text, no files.eml"]
     assert copies[0].read_bytes() == stored
     assert stack.dovecot.list_uids(PASSWORD_USER) == [uid]
+
+
+def test_test_connector_reads_large_message_in_pieces(
+    services,
+    connector_id: int,
+    stack: MailStack,
+    fetch_log: FetchLog,
+) -> None:
+    big = random_bytes(LARGE_DATA_BYTES, 5)
+    large_raw = message_with_files("Contract", [(CZECH_NAME, big, "application/octet-stream")])
+    small_raw = message_with_files("Label", [("Label.bin", b"label", "application/octet-stream")])
+    large_uid, small_uid = stack.dovecot.append_many(PASSWORD_USER, [large_raw, small_raw])
+
+    preview = preview_connector(services.intake_context(), connector_id)
+
+    assert preview.error is None
+    assert [message.uid for message in preview.messages] == [large_uid, small_uid]
+    assert preview.messages[0].files == [(CZECH_NAME, len(big))]
+    assert preview.messages[1].files == [("Label.bin", 5)]
+    assert fetch_log.batches == [[small_uid]]
+    assert list(fetch_log.pieces) == [large_uid]
+    assert stack.dovecot.list_uids(PASSWORD_USER) == [large_uid, small_uid]
+    with services.db.session() as session:
+        assert session.scalars(sa.select(Job)).all() == []
