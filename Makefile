@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run demo flower test lint env bench help
 
 help:
-	@echo "make run    - install, migrate, and start web, worker and beat on 127.0.0.1:5000"
+	@echo "make run    - install, migrate, and start web, workers and beat on 127.0.0.1:5000"
 	@echo "make demo   - the app with a demo mailbox and a local OAuth server (see the README)"
 	@echo "make flower - Flower on 127.0.0.1:5555 (needs FLOWER_BASIC_AUTH=user:password)"
 	@echo "make test   - install everything the tests need and run them all"

@@ -1,9 +1,10 @@
-"""Start Mailroom on embedded defaults: web, one Celery worker and beat.
+"""Start Mailroom on embedded defaults: web, two Celery workers and beat.
 
 Writes a ``.env`` with fresh keys on first use, starts a local Redis when
 none answers at REDIS_URL, applies migrations, seeds reference data into a
-new database, creates the first admin, then supervises the three processes
-until Ctrl-C.
+new database, creates the first admin, then supervises the four processes
+until Ctrl-C. One worker runs connector scans, the other beat's ticks and
+the notifications (see ``celery_config.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit
 import redis
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
+
+from celery_config import CONTROL_CONCURRENCY, CONTROL_QUEUE, SCANS_QUEUE
 
 BASE_DIR = Path(__file__).resolve().parent
 ENV_FILE = BASE_DIR / ".env"
@@ -105,17 +108,32 @@ def prepare_database(database_url: str, admin_password: str | None = None) -> st
     return None
 
 
+def worker_command(celery: Path, queue: str, concurrency: int) -> list[str]:
+    """Return the command of a Celery worker that consumes only ``queue``.
+
+    The node name carries the queue, so two workers on one host get distinct
+    names in Flower and ``celery inspect``.
+    """
+    return [str(celery), "-A", "worker", "worker", "--loglevel", "INFO", "-E",
+            "--queues", queue, "--concurrency", str(concurrency),
+            "--hostname", f"{queue}@%h"]  # fmt: skip
+
+
 def start_app(
     host: str, port: int, concurrency: int, instance: Path, env: dict[str, str] | None = None
 ) -> list[subprocess.Popen[bytes]]:
-    """Start gunicorn, a Celery worker and Celery beat; return their processes."""
+    """Start gunicorn, the scan and control workers and Celery beat; return their processes.
+
+    ``concurrency`` is the number of connector runs at once.
+    """
     bin_dir = Path(sys.executable).parent
+    celery = bin_dir / "celery"
     commands = {
         "web": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}",
                 "--workers", "2", "--threads", "4", "--access-logfile", "-", "wsgi:app"],
-        "worker": [str(bin_dir / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
-                   "--concurrency", str(concurrency), "-E"],
-        "beat": [str(bin_dir / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
+        "scan worker": worker_command(celery, SCANS_QUEUE, concurrency),
+        "control worker": worker_command(celery, CONTROL_QUEUE, CONTROL_CONCURRENCY),
+        "beat": [str(celery), "-A", "worker", "beat", "--loglevel", "INFO",
                  "--schedule", str(instance / "celerybeat-schedule")],
     }  # fmt: skip
     children = []
@@ -155,13 +173,34 @@ def supervise(children: list[subprocess.Popen[bytes]]) -> None:
                 child.kill()
 
 
+def positive_int(text: str) -> int:
+    """Parse a command-line count of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; enter 1 or more"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1; enter 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Run Mailroom's web app, a Celery worker and Celery beat together."
+        description="Run Mailroom's web app, Celery beat and two Celery workers together: "
+        f"one for connector runs (queue {SCANS_QUEUE}), and one with "
+        f"{CONTROL_CONCURRENCY} processes for beat's ticks and notifications "
+        f"(queue {CONTROL_QUEUE})."
     )
     parser.add_argument("--host", default="127.0.0.1", help="address the web app listens on")
     parser.add_argument("--port", type=int, default=5000, help="web port (default 5000)")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=2,
+        help="connector runs at once: the scan worker's --concurrency (default 2)",
+    )
     parser.add_argument(
         "--write-env-only", action="store_true", help="write .env with fresh keys and exit"
     )

@@ -3,8 +3,10 @@
 The benchmark starts a private Redis and a Dovecot on 127.0.0.1, migrates a
 database, and creates N active password connectors, each reading its own empty
 folder every minute. It then runs Celery beat and worker processes exactly as a
-deployment does (``celery -A worker beat`` and ``celery -A worker worker``) for
-a fixed window, and measures from the database how punctually the scans start.
+deployment does (``celery -A worker beat``, ``celery -A worker worker --queues
+scans`` per scan worker and one ``celery -A worker worker --queues control``)
+for a fixed window, and measures from the database how punctually the scans
+start.
 
 Due times come from the ``next_run_at`` column. ``claim_due_connectors`` moves
 a due connector's ``next_run_at`` to the claim time plus the interval, so every
@@ -49,6 +51,8 @@ from typing import IO, TYPE_CHECKING
 import redis
 import sqlalchemy as sa
 
+from celery_config import CONTROL_CONCURRENCY, CONTROL_QUEUE, SCANS_QUEUE
+
 if TYPE_CHECKING:
     from devservers.dovecot import Dovecot
 
@@ -78,8 +82,8 @@ DUE_LEAD_SECONDS = 3.0
 DOVECOT_CONNECTIONS_PER_USER = 10
 """Dovecot 2.3's default ``mail_max_userip_connections``: IMAP sessions per user and IP."""
 
-QUEUE_KEY = "celery"
-"""The Redis list of Celery's default queue, where beat's ticks and the scans wait."""
+QUEUE_KEY = SCANS_QUEUE
+"""The Redis list of the scans queue. Beat's ticks wait in the control queue."""
 BEAT_TICK_KEY = "mailroom:beat:last-tick"
 """Set by every tick of ``mailroom.connectors.enqueue_due``; see tasks/connectors.py."""
 
@@ -420,11 +424,17 @@ def schedule_connectors(engine: sa.Engine, start: datetime) -> dict[int, datetim
 @dataclass
 class CeleryProcesses:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    """The scan workers."""
+    control: subprocess.Popen[bytes] | None = None
+    """The worker of the control queue: beat's ticks and the outbox."""
     beat: subprocess.Popen[bytes] | None = None
     logs: list[IO[bytes]] = field(default_factory=list)
 
+    def all_workers(self) -> list[subprocess.Popen[bytes]]:
+        return [*self.workers, *([self.control] if self.control else [])]
+
     def all(self) -> list[subprocess.Popen[bytes]]:
-        return [*self.workers, *([self.beat] if self.beat else [])]
+        return [*self.all_workers(), *([self.beat] if self.beat else [])]
 
     def check_running(self) -> None:
         for process in self.all():
@@ -476,10 +486,16 @@ def _start(
 def start_workers(
     processes: CeleryProcesses, count: int, concurrency: int, env: dict[str, str], log_dir: Path
 ) -> None:
+    """Start ``count`` scan workers and the control worker, as operations.md describes."""
     for number in range(1, count + 1):
         command = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"]
-        command += ["--concurrency", str(concurrency), "--hostname", f"scale{number}@%h"]
+        command += ["--queues", SCANS_QUEUE, "--concurrency", str(concurrency)]
+        command += ["--hostname", f"scale{number}@%h"]
         processes.workers.append(_start(processes, command, env, log_dir / f"worker{number}.log"))
+    command = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"]
+    command += ["--queues", CONTROL_QUEUE, "--concurrency", str(CONTROL_CONCURRENCY)]
+    command += ["--hostname", "control@%h"]
+    processes.control = _start(processes, command, env, log_dir / "control.log")
 
 
 def start_beat(
@@ -525,9 +541,9 @@ def stop_celery(processes: CeleryProcesses) -> None:
     """Stop beat first, so it sends no more ticks, then the workers."""
     if processes.beat is not None:
         stop_process(processes.beat, "celery beat", STOP_TIMEOUT)
-    for process in processes.workers:
+    for process in processes.all_workers():
         process.terminate()
-    for process in processes.workers:
+    for process in processes.all_workers():
         stop_process(process, "celery worker", STOP_TIMEOUT)
     for log in processes.logs:
         log.close()
@@ -543,7 +559,7 @@ class Observations:
     dues: dict[int, list[datetime]]
     """Every value of each connector's ``next_run_at``, oldest first."""
     queue_lengths: list[tuple[float, int]] = field(default_factory=list)
-    """(seconds after the window start, messages waiting in Celery's queue)."""
+    """(seconds after the window start, messages waiting in the scans queue)."""
     poll_seconds: list[float] = field(default_factory=list)
     """How long each read of ``next_run_at`` took."""
     machine_samples: list[tuple[float, float]] = field(default_factory=list)
@@ -696,12 +712,18 @@ def _lines_in_window(path: Path, start: datetime, end: datetime) -> Iterator[str
 
 
 def count_ticks(log_dir: Path, workers: int, start: datetime, end: datetime) -> TickCounts:
+    """Count the ticks in beat's log and in every worker's, where they ran or expired.
+
+    The control worker runs the ticks. The scan workers' logs are read too, so
+    that a tick that went to the wrong queue still counts.
+    """
     sent = sum(
         1 for line in _lines_in_window(log_dir / "beat.log", start, end) if _TICK_SENT in line
     )
     run = discarded = 0
-    for number in range(1, workers + 1):
-        for line in _lines_in_window(log_dir / f"worker{number}.log", start, end):
+    logs = [log_dir / f"worker{number}.log" for number in range(1, workers + 1)]
+    for path in [*logs, log_dir / "control.log"]:
+        for line in _lines_in_window(path, start, end):
             run += bool(_TICK_RUN.search(line))
             discarded += _TICK_DISCARDED in line
     return TickCounts(sent, run, discarded)
@@ -974,7 +996,8 @@ def format_report(report: Report) -> str:
     share = report.connectors_every_minute / report.connectors
     lines = [
         f"Connector scale: {report.connectors} connectors due every minute, "
-        f"{report.workers} worker process(es) x concurrency {report.concurrency}, "
+        f"{report.workers} scan worker process(es) x concurrency {report.concurrency} "
+        f"and one control worker x concurrency {CONTROL_CONCURRENCY}, "
         f"beat tick {report.beat_tick:g} s, database {report.database}, IMAP {report.tls}, "
         f"window {report.minutes:g} min, load average before the run {load}, "
         f"commit {report.code}",
@@ -1066,7 +1089,7 @@ def measure_window(
     observations.machine_samples.append((cpu_before.machine_busy, cpu_before.machine_total))
     profilers = []
     if args.profile_dir:
-        profilers = start_profiles(processes.workers, args.minutes * 60, args.profile_dir)
+        profilers = start_profiles(processes.all_workers(), args.minutes * 60, args.profile_dir)
         for profiler in profilers:
             stack.callback(stop_process, profiler, "py-spy")
     watch(engine, client, processes, observations, window, window_end)
@@ -1130,7 +1153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=2,
-        help="Celery worker processes, each started with its own `celery worker` (default 2)",
+        help="Celery worker processes for the scans queue, each started with its own "
+        "`celery worker`; one control worker for beat's ticks comes in addition (default 2)",
     )
     parser.add_argument(
         "--concurrency",
@@ -1226,7 +1250,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
         processes = CeleryProcesses()
         stack.callback(stop_celery, processes)
         start_workers(processes, args.workers, args.concurrency, env, log_dir)
-        wait_for_workers(redis_url, args.workers, processes)
+        wait_for_workers(redis_url, args.workers + 1, processes)
         start_beat(processes, env, workdir, log_dir)
         wait_for_tick(client, processes)
 
@@ -1242,7 +1266,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
             code=code_version(),
         )
         cpu_groups = {
-            "Celery workers": [process.pid for process in processes.workers],
+            "Celery workers": [process.pid for process in processes.all_workers()],
             "Celery beat": [processes.beat.pid] if processes.beat else [],
             "Dovecot": [int((dovecot.base_dir / "master.pid").read_text().strip())],
             "Redis": [redis_process.pid],

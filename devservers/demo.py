@@ -2,7 +2,7 @@
 
 ``make demo`` starts the local authorization server, a Dovecot holding a
 demo mailbox with a few e-mails from clients, an SMTP sink that prints the
-notifications Mailroom sends, and Mailroom itself (web, worker, beat) on a
+notifications Mailroom sends, and Mailroom itself (web, workers, beat) on a
 separate demo database. Nothing leaves 127.0.0.1.
 """
 

@@ -1,6 +1,6 @@
 """The main job end to end with real processes.
 
-gunicorn serves the app, a Celery worker and Celery beat run against Redis,
+gunicorn serves the app, the two Celery workers and Celery beat run against Redis,
 and an admin drives the pages over HTTP: adds a connector, gives consent at
 the local OAuth server, activates it, and finds the projects that beat and
 the worker made from the e-mails in Dovecot.
@@ -25,7 +25,9 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 import migrations
+from celery_config import CONTROL_CONCURRENCY, CONTROL_QUEUE, SCANS_QUEUE
 from database import Database
+from launcher import worker_command
 from mailauth import SecretBox
 from models import Client, Connector, ConnectorRun, Job, Language, MailAccount, RunStatus, User
 from referencedata import seed
@@ -122,8 +124,9 @@ def running_app(
     commands = {
         "web": [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{mail_stack.web_port}",
                 "--workers", "1", "--threads", "4", "wsgi:app"],
-        "worker": [str(BIN / "celery"), "-A", "worker", "worker", "--concurrency", "2",
-                   "--loglevel", "INFO"],
+        # The same two workers as `make run`: scans, and beat's ticks with the outbox.
+        "worker": worker_command(BIN / "celery", SCANS_QUEUE, 2),
+        "control-worker": worker_command(BIN / "celery", CONTROL_QUEUE, CONTROL_CONCURRENCY),
         "beat": [str(BIN / "celery"), "-A", "worker", "beat", "--loglevel", "INFO",
                  "--schedule", str(tmp_path / "beat-schedule")],
     }  # fmt: skip

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask.testing import FlaskClient
 
+from celery_config import SCANS_QUEUE
 from config import Settings
 from intake import run_connector
 from intake.schedules import next_run, parse_schedule
@@ -1022,7 +1023,7 @@ def test_finish_test_processes_previewed_mail(
     )
     assert finish.request.path == url
     assert "Finish Test started: the previewed e-mails are being processed." in finish.text
-    queue = redis_lib.Redis.from_url(settings.redis_url).lrange("celery", 0, -1)
+    queue = redis_lib.Redis.from_url(settings.redis_url).lrange(SCANS_QUEUE, 0, -1)
     assert len(queue) == 1
     headers = json.loads(queue[0])["headers"]
     assert headers["task"] == "mailroom.connectors.scan"

@@ -25,6 +25,7 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
+from celery_config import SCANS_QUEUE
 from config import Settings
 from intake.definition import export_connector
 from models import (
@@ -907,7 +908,7 @@ def test_run_now_queues_scan(logged_in, services, settings, saved_password_conne
     assert response.status_code == 200
     assert "A run of &#34;Acme orders&#34; was queued." in response.text
     queue = redis_lib.Redis.from_url(settings.redis_url)
-    messages = queue.lrange("celery", 0, -1)
+    messages = queue.lrange(SCANS_QUEUE, 0, -1)
     assert len(messages) == 1
     headers = json.loads(messages[0])["headers"]
     assert headers["task"] == "mailroom.connectors.scan"
