@@ -58,6 +58,16 @@ class ByteSink(Protocol):
 FETCH_PIECE_BYTES = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class CopiedUids:
+    """The destination UIDs of a MOVE or COPY, from the COPYUID response code (RFC 4315)."""
+
+    uidvalidity: int
+    """UIDVALIDITY of the destination folder."""
+    uids: dict[int, int]
+    """Source UID to destination UID."""
+
+
 @functools.lru_cache(maxsize=16)
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """Build the client TLS context once per CA file.
@@ -278,18 +288,67 @@ class MailboxSession:
                     dates[int(uid.group(1))] = datetime.fromtimestamp(time.mktime(parsed), UTC)
         return dates
 
-    def move(self, uids: Sequence[int], folder: str) -> None:
-        """Move exactly ``uids`` to ``folder`` (UID MOVE, or COPY then expunge)."""
+    def move(self, uids: Sequence[int], folder: str) -> CopiedUids | None:
+        """Move exactly ``uids`` to ``folder`` (UID MOVE, or COPY then expunge).
+
+        Returns the messages' UIDs in ``folder`` when the server reports them
+        (COPYUID, which servers with UIDPLUS send), else None.
+        """
         if not uids:
-            return
+            return None
         uid_set = _uid_set(uids)
+        # imaplib keeps untagged responses until they are read, so drop an old COPYUID.
+        self.imap.response("COPYUID")
         if "MOVE" in self.imap.capabilities:
             typ, data = self.imap.uid("MOVE", uid_set, _quote(folder))
             self._check(typ, data, f"UID MOVE to {folder!r}")
-            return
+            return self._copied_uids()
         typ, data = self.imap.uid("COPY", uid_set, _quote(folder))
         self._check(typ, data, f"UID COPY to {folder!r}")
+        copied = self._copied_uids()
         self.delete(uids)
+        return copied
+
+    def _copied_uids(self) -> CopiedUids | None:
+        _, values = self.imap.response("COPYUID")
+        if not values or not isinstance(values[-1], bytes):
+            return None
+        return parse_copyuid(values[-1])
+
+    def ensure_folder(self, folder: str) -> bool:
+        """Create ``folder`` and subscribe to it unless it exists; return True if created.
+
+        Raises MailboxError naming the folder and the server's reply when
+        CREATE fails.
+        """
+        typ, data = self.imap.list('""', _quote(folder))
+        self._check(typ, data, f"LIST {folder!r}")
+        if any(isinstance(line, bytes) for line in data):
+            return False
+        typ, data = self.imap.create(_quote(folder))
+        if typ != "OK":
+            if "ALREADYEXISTS" in _text(data).upper():
+                return False  # another client created it a moment ago
+            raise MailboxError(
+                f"Folder {folder!r} does not exist, and creating it failed: {_text(data)}"
+            )
+        # Many mail programs show only subscribed folders; the folder works without it.
+        typ, data = self.imap.subscribe(_quote(folder))
+        if typ != "OK":
+            logger.info("SUBSCRIBE %r failed: %s", folder, _text(data))
+        return True
+
+    def has_uid(self, uid: int) -> bool:
+        """Return True when the selected folder contains ``uid``."""
+        typ, data = self.imap.uid("SEARCH", "UID", str(uid))
+        self._check(typ, data, "UID SEARCH UID")
+        return str(uid) in _text(data).split()
+
+    def search_message_id(self, message_id: str) -> list[int]:
+        """Return the UIDs of the selected folder's messages with this Message-ID header."""
+        typ, data = self.imap.uid("SEARCH", "HEADER", "Message-ID", _quote(message_id))
+        self._check(typ, data, "UID SEARCH HEADER Message-ID")
+        return sorted(int(uid) for uid in _text(data).split())
 
     def mark_seen(self, uids: Sequence[int]) -> None:
         if not uids:
@@ -408,6 +467,33 @@ def _partial_body(data: list[object], uid: int, offset: int) -> bytes | None:
 
 def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(str(uid) for uid in uids)
+
+
+def _expand_uid_set(text: str) -> list[int]:
+    """Expand an IMAP UID set such as ``4:6,9`` in its order, each range ascending."""
+    uids: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition(":")
+        low, high = sorted((int(first), int(last or first)))
+        uids.extend(range(low, high + 1))
+    return uids
+
+
+def parse_copyuid(value: bytes) -> CopiedUids | None:
+    """Parse a COPYUID response code's ``uidvalidity source-set destination-set``.
+
+    Returns None for text that does not have that shape or whose sets differ in length.
+    """
+    parts = value.decode("ascii", "replace").split()
+    try:
+        uidvalidity = int(parts[0])
+        sources = _expand_uid_set(parts[1])
+        destinations = _expand_uid_set(parts[2])
+    except (IndexError, ValueError):
+        return None
+    if len(sources) != len(destinations):
+        return None
+    return CopiedUids(uidvalidity, dict(zip(sources, destinations, strict=True)))
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

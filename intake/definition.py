@@ -86,6 +86,7 @@ def export_connector(connector: Connector) -> dict[str, Any]:
             "move_to": connector.move_to_folder
             if connector.after_processing == AfterProcessing.MOVE
             else None,
+            "quarantine_folder": connector.quarantine_folder if email else None,
             "process_mail_after": connector.process_mail_after.isoformat()
             if connector.process_mail_after
             else None,
@@ -161,6 +162,8 @@ def apply_definition(
     connector.folder = str(source.get("folder") or "INBOX")
     connector.after_processing = AfterProcessing(source.get("after_processing", "delete"))
     connector.move_to_folder = source.get("move_to")
+    connector.quarantine_folder = source.get("quarantine_folder")
+    _check_quarantine_folder(connector)
     after = source.get("process_mail_after")
     connector.process_mail_after = datetime.fromisoformat(after) if after else None
     if (
@@ -207,6 +210,31 @@ def apply_definition(
     connector.options = dict(data.get("options") or {})
     _apply_stores(session, connector, data)
     return connector
+
+
+def _check_quarantine_folder(connector: Connector) -> None:
+    """Reject a quarantine folder that is also the scanned folder or the Move to folder."""
+    folder = connector.quarantine_folder
+    if folder is None:
+        return
+    if same_folder(folder, connector.folder):
+        raise DefinitionError(
+            f"source.quarantine_folder: {folder!r} is the folder this connector scans; "
+            "choose another folder, such as Mailroom/Errors"
+        )
+    moving = connector.after_processing == AfterProcessing.MOVE
+    if moving and connector.move_to_folder and same_folder(folder, connector.move_to_folder):
+        raise DefinitionError(
+            f"source.quarantine_folder: {folder!r} is also source.move_to, where processed "
+            "e-mails go; choose a separate folder, such as Mailroom/Errors"
+        )
+
+
+def same_folder(first: str, second: str) -> bool:
+    """Compare IMAP folder names, where INBOX is the same name in any case (RFC 3501)."""
+    if first.upper() == "INBOX" and second.upper() == "INBOX":
+        return True
+    return first == second
 
 
 def _apply_stores(session: Session, connector: Connector, data: dict[str, Any]) -> None:

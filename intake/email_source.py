@@ -10,6 +10,10 @@ fetch, extract to disk, commit jobs with ledger rows, then delete (or move,
 or mark seen) exactly those UIDs, then mark the ledger rows done. A crash
 anywhere leaves the message in the folder; the ledger turns the next run
 into the after-processing action only.
+
+A message that is quarantined moves to the quarantine folder, when the
+connector has one, only after its failure row is committed. The row records
+the folder before the move, so a crash during the move leaves a trace.
 """
 
 from __future__ import annotations
@@ -29,18 +33,26 @@ from sqlalchemy.orm import Session
 
 from extraction import ExtractionOptions, extract_files, parse_message_info
 from imapsession import MailboxError, MailboxSession
-from models import Aggregation, LedgerState, ProcessedMessage
+from models import Aggregation, LedgerState, MessageFailure, ProcessedMessage
 from robotcode import rules
 
 from .context import IntakeContext
-from .failures import DEFAULT_MAX_ATTEMPTS, clear_failures, quarantined_uids, record_failure
+from .failures import (
+    DEFAULT_MAX_ATTEMPTS,
+    clear_failures,
+    clear_moving,
+    mark_moving,
+    quarantined_uids,
+    record_failure,
+    record_moved,
+)
 from .jobs import ConnectorSettings, PreparedMessage, commit_jobs, find_earlier, record_duplicate
 from .outcome import RunOutcome
 from .stores import copy_failed, copy_jobs
 
 logger = logging.getLogger(__name__)
 
-SAVE_FAILED = "Could not save the job; see the worker log. The e-mail stays in the folder."
+SAVE_FAILED = "Could not save the job; see the worker log."
 
 # Messages larger than this (RFC822.SIZE, in bytes) are fetched alone, in pieces,
 # into a file. Smaller ones are fetched in batches, which is faster, and a
@@ -79,6 +91,10 @@ class MailboxRun:
             # Gmail keeps an expunged message in All Mail; moving it to the
             # folder flagged \Trash really removes it.
             self.trash = mailbox.trash_folder()
+        # Messages quarantined in this run whose failure is not committed yet,
+        # with their problem text: UID -> (message, reason).
+        self.to_quarantine: dict[int, tuple[PreparedMessage | None, str]] = {}
+        self.quarantine_folder_checked = False
 
     # Listing -----------------------------------------------------------------
 
@@ -115,13 +131,7 @@ class MailboxRun:
         """Run the after-processing action on ``uids`` and mark their ledger rows done."""
         if not uids:
             return
-        action = self.settings.after_processing
-        if action == "move" and self.settings.move_to_folder:
-            self.mailbox.move(uids, self.settings.move_to_folder)
-        elif action == "mark_seen":
-            self.mailbox.mark_seen(uids)
-        else:
-            self.mailbox.delete(uids, trash_folder=self.trash)
+        self.act_on(uids)
         with self.ctx.db.session() as session:
             session.execute(
                 sa.update(ProcessedMessage)
@@ -136,6 +146,91 @@ class MailboxRun:
             clear_failures(session, self.settings.id, self.uidvalidity, uids)
             session.commit()
         self.outcome.messages_deleted += len(uids)
+
+    def act_on(self, uids: list[int]) -> None:
+        """Delete, move or mark seen ``uids`` of the selected folder, per After processing."""
+        action = self.settings.after_processing
+        if action == "move" and self.settings.move_to_folder:
+            self.mailbox.move(uids, self.settings.move_to_folder)
+        elif action == "mark_seen":
+            self.mailbox.mark_seen(uids)
+        else:
+            self.mailbox.delete(uids, trash_folder=self.trash)
+
+    # Quarantine folder ---------------------------------------------------------
+
+    def move_to_quarantine(self, uids: list[int]) -> str | None:
+        """Move quarantined ``uids`` to the quarantine folder; return an error text if that fails.
+
+        The caller has committed their failure rows. The folder is created
+        when it is missing.
+        """
+        folder = self.settings.quarantine_folder
+        if not folder or not uids:
+            return None
+        with self.ctx.db.session() as session:
+            mark_moving(session, self.settings.id, self.uidvalidity, uids, folder)
+            session.commit()
+        try:
+            if not self.quarantine_folder_checked:
+                if self.mailbox.ensure_folder(folder):
+                    logger.info("created the quarantine folder %r", folder)
+                self.quarantine_folder_checked = True
+            copied = self.mailbox.move(uids, folder)
+        except MailboxError as exc:
+            logger.warning("moving uids %s to the quarantine folder failed: %s", uids, exc)
+            with self.ctx.db.session() as session:
+                clear_moving(session, self.settings.id, self.uidvalidity, uids)
+                session.commit()
+            return (
+                f"Moving it to the quarantine folder failed: {exc}. It stays in the folder, "
+                "and runs skip it; check Quarantine folder on the connector form."
+            )
+        if copied is not None:
+            with self.ctx.db.session() as session:
+                record_moved(
+                    session, self.settings.id, self.uidvalidity, copied.uids, copied.uidvalidity
+                )
+                session.commit()
+        logger.info("moved quarantined uids %s to %r", uids, folder)
+        return None
+
+    def move_quarantined(self) -> None:
+        """Move the messages quarantined since the last commit, and report each one."""
+        pending, self.to_quarantine = self.to_quarantine, {}
+        if not pending:
+            return
+        error = self.move_to_quarantine(list(pending))
+        for uid, (message, reason) in pending.items():
+            if error is None:
+                reason += f" It was moved to folder {self.settings.quarantine_folder!r}."
+            else:
+                reason += f" {error}"
+            self.outcome.problem(uid, message, reason)
+
+    def move_stranded(self, uids: list[int]) -> None:
+        """Move quarantined messages still in the folder, as after an earlier failed move."""
+        if not uids or not self.settings.quarantine_folder:
+            return
+        error = self.move_to_quarantine(uids)
+        if error is None:
+            return
+        with self.ctx.db.session() as session:
+            rows = session.execute(
+                sa.select(
+                    MessageFailure.uid,
+                    MessageFailure.message_id,
+                    MessageFailure.sender,
+                    MessageFailure.subject,
+                ).where(
+                    MessageFailure.connector_id == self.settings.id,
+                    MessageFailure.uidvalidity == self.uidvalidity,
+                    MessageFailure.uid.in_(uids),
+                )
+            ).all()
+        for uid, message_id, sender, subject in rows:
+            reason = f"This quarantined e-mail was not moved. {error}"
+            self.outcome.problems.append((int(uid), message_id, sender, subject, reason))
 
     # The pass ------------------------------------------------------------------
 
@@ -154,6 +249,7 @@ class MailboxRun:
             self.finish(interrupted)
         with self.ctx.db.session() as session:
             quarantined = quarantined_uids(session, self.settings.id, self.uidvalidity)
+        self.move_stranded([uid for uid in uids if uid in quarantined])
         todo = [uid for uid in uids if uid not in states and uid not in quarantined]
 
         pending: list[PreparedMessage] = []  # batch aggregation: one job at the end
@@ -196,7 +292,7 @@ class MailboxRun:
         message's bytes, as for a batch.
         """
         with tempfile.TemporaryFile(dir=self.workdir) as spool:
-            hashing = _HashingWriter(spool)
+            hashing = HashingWriter(spool)
             size = self.mailbox.fetch_into(uid, hashing)
             if size is None:
                 logger.info("uid %s is no longer in the folder", uid)
@@ -223,6 +319,7 @@ class MailboxRun:
                 else:
                     repeated.append(message.uid)
             session.commit()
+        self.move_quarantined()
         self.finish(repeated)
         return prepared
 
@@ -270,7 +367,7 @@ class MailboxRun:
                 reason = "No attachment matches the connector's file patterns"
             else:
                 reason = "The e-mail has no attachments, so there is nothing to make a job from"
-            self.fail(session, uid, prepared, f"{reason}. It stays in the folder.", raw)
+            self.fail(session, uid, prepared, f"{reason}.", raw)
             return None
         for problem in result.problems:
             self.outcome.problem(
@@ -299,6 +396,10 @@ class MailboxRun:
         reason: str,
         raw: bytes | BinaryIO | None = None,
     ) -> None:
+        """Count a failed attempt at ``uid`` and report it; the caller commits ``session``.
+
+        ``reason`` describes the failure, and this method adds where the message stays.
+        """
         quarantined = record_failure(
             session,
             connector_id=self.settings.id,
@@ -309,6 +410,9 @@ class MailboxRun:
             max_attempts=self.max_attempts,
             now=datetime.now(UTC),
         )
+        moving = quarantined and bool(self.settings.quarantine_folder)
+        if not moving:
+            reason += f" It stays in {self.folder_text()}."
         if quarantined:
             reason += (
                 f" It failed {self.max_attempts} times and is now quarantined: runs skip it "
@@ -317,7 +421,15 @@ class MailboxRun:
             copy_error = self.store_failed(uid, message, raw)
             if copy_error:
                 reason += f" {copy_error}"
+        if moving:
+            # Reported after the commit, when the move has succeeded or failed.
+            self.to_quarantine[uid] = (message, reason)
+            return
         self.outcome.problem(uid, message, reason)
+
+    def folder_text(self) -> str:
+        """Name the folder that this pass reads, for problem texts."""
+        return "the folder"
 
     def store_failed(
         self, uid: int, message: PreparedMessage | None, raw: bytes | BinaryIO | None
@@ -384,9 +496,10 @@ class MailboxRun:
             for message in messages:
                 self.fail(session, message.uid, message, SAVE_FAILED)
             session.commit()
+        self.move_quarantined()
 
 
-class _HashingWriter:
+class HashingWriter:
     """Writes to a file and computes the SHA-256 of everything written."""
 
     def __init__(self, out: BinaryIO) -> None:
@@ -436,4 +549,4 @@ def batches(
     return groups
 
 
-__all__ = ["MailboxError", "MailboxRun", "batches"]
+__all__ = ["HashingWriter", "MailboxError", "MailboxRun", "batches"]

@@ -86,3 +86,60 @@ def release(session: Session, connector_id: int, failure_id: int) -> bool:
         )
     )
     return bool(rowcount(result))
+
+
+def get_failure(session: Session, connector_id: int, failure_id: int) -> MessageFailure | None:
+    failure = session.get(MessageFailure, failure_id)
+    if failure is None or failure.connector_id != connector_id:
+        return None
+    return failure
+
+
+def mark_moving(
+    session: Session, connector_id: int, uidvalidity: int, uids: list[int], folder: str
+) -> None:
+    """Record that ``uids`` are about to move to ``folder``; the caller commits before the move.
+
+    A process that dies during the move leaves the folder recorded, so
+    Process again looks for the message there.
+    """
+    _set_moved_to(session, connector_id, uidvalidity, uids, folder)
+
+
+def clear_moving(session: Session, connector_id: int, uidvalidity: int, uids: list[int]) -> None:
+    """Forget a move that failed, because the messages are still in the scanned folder."""
+    _set_moved_to(session, connector_id, uidvalidity, uids, None)
+
+
+def _set_moved_to(
+    session: Session, connector_id: int, uidvalidity: int, uids: list[int], folder: str | None
+) -> None:
+    session.execute(
+        sa.update(MessageFailure)
+        .where(
+            MessageFailure.connector_id == connector_id,
+            MessageFailure.uidvalidity == uidvalidity,
+            MessageFailure.uid.in_(uids),
+        )
+        .values(moved_to_folder=folder, moved_uidvalidity=None, moved_uid=None)
+    )
+
+
+def record_moved(
+    session: Session,
+    connector_id: int,
+    uidvalidity: int,
+    moved: dict[int, int],
+    moved_uidvalidity: int,
+) -> None:
+    """Store each message's UID in the quarantine folder, keyed by its UID in the scanned folder."""
+    for uid, moved_uid in moved.items():
+        session.execute(
+            sa.update(MessageFailure)
+            .where(
+                MessageFailure.connector_id == connector_id,
+                MessageFailure.uidvalidity == uidvalidity,
+                MessageFailure.uid == uid,
+            )
+            .values(moved_uidvalidity=moved_uidvalidity, moved_uid=moved_uid)
+        )

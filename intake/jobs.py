@@ -58,6 +58,7 @@ class ConnectorSettings:
     source_location: str = "email"
     after_processing: str = "delete"
     move_to_folder: str | None = None
+    quarantine_folder: str | None = None
     process_mail_after: datetime | None = None
     rules: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class ConnectorSettings:
             source_location=connector.source_location.value,
             after_processing=connector.after_processing.value,
             move_to_folder=connector.move_to_folder,
+            quarantine_folder=connector.quarantine_folder,
             process_mail_after=connector.process_mail_after,
             rules=dict(connector.rules or {}),
             options=dict(connector.options or {}),

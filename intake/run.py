@@ -42,6 +42,7 @@ from .jobs import (
 )
 from .location_source import LocationRun
 from .outcome import RunOutcome
+from .quarantine import QuarantineRetry
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +64,23 @@ def run_connector(
     trigger: str,
     *,
     only: TestSelection | None = None,
+    quarantined: int | None = None,
 ) -> RunOutcome | None:
     """Run the connector unless a run of it is already going on.
 
     ``only`` limits the run to the messages a Test Connector preview showed.
+    ``quarantined`` names a message failure whose message moved to the
+    quarantine folder: the run processes only that message, from there.
     Returns None when the connector is gone, inactive for a scheduled run, or
     locked by another run.
     """
-    lock = ctx.redis.lock(f"mailroom:connector-run:{connector_id}", timeout=RUN_LOCK_SECONDS)
+    lock = ctx.redis.lock(_run_lock_name(connector_id), timeout=RUN_LOCK_SECONDS)
     if not lock.acquire(blocking=False):
         logger.info("connector %s is already running; skipping this %s run", connector_id, trigger)
         return None
     token = connector_id_var.set(connector_id)
     try:
-        return _run(ctx, connector_id, trigger, lock, only)
+        return _run(ctx, connector_id, trigger, lock, only, quarantined)
     finally:
         connector_id_var.reset(token)
         try:
@@ -85,6 +89,15 @@ def run_connector(
             logger.warning(
                 "the run lock of connector %s expired before the run ended", connector_id
             )
+
+
+def _run_lock_name(connector_id: int) -> str:
+    return f"mailroom:connector-run:{connector_id}"
+
+
+def run_in_progress(ctx: IntakeContext, connector_id: int) -> bool:
+    """Return True while a run of the connector holds its run lock."""
+    return bool(ctx.redis.exists(_run_lock_name(connector_id)))
 
 
 def _start(
@@ -112,6 +125,7 @@ def _run(
     trigger: str,
     lock: redis.lock.Lock,
     only: TestSelection | None,
+    quarantined: int | None = None,
 ) -> RunOutcome | None:
     started = _start(ctx, connector_id, trigger)
     if started is None:
@@ -123,6 +137,12 @@ def _run(
     logger.info("run %s of connector %s started (%s)", run_id, connector_id, trigger)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        if quarantined is not None and settings.source_location != "email":
+            raise MailboxError(
+                "Process again reads a quarantined e-mail from its IMAP folder, but this "
+                f"connector now reads from {settings.source_location}; move the e-mail "
+                "out of the quarantine folder by hand"
+            )
         if settings.source_location != "email":
             LocationRun(ctx, settings, run_id, outcome, workdir, lock).process()
         else:
@@ -132,9 +152,13 @@ def _run(
                         f"Folder {settings.folder!r} was recreated since the test "
                         "(its UIDVALIDITY changed); run Test Connector again"
                     )
-                MailboxRun(ctx, settings, run_id, mailbox, outcome, workdir, lock).process(
-                    only.uids if only is not None else None
-                )
+                if quarantined is not None:
+                    retry = QuarantineRetry(ctx, settings, run_id, mailbox, outcome, workdir, lock)
+                    retry.process_failure(quarantined)
+                else:
+                    MailboxRun(ctx, settings, run_id, mailbox, outcome, workdir, lock).process(
+                        only.uids if only is not None else None
+                    )
         outcome.status = RunStatus.PARTIAL if outcome.problems else RunStatus.SUCCEEDED
     except ConsentRequired as exc:
         outcome.status = RunStatus.FAILED
@@ -203,13 +227,16 @@ def _finish(ctx: IntakeContext, outcome: RunOutcome) -> None:
 
 
 def _previous_status(session: Session, run: ConnectorRun) -> RunStatus | None:
-    """Return the status of the connector's run before ``run``; test runs do not count."""
+    """Return the status of the connector's run before ``run``.
+
+    Test runs and Process again runs touch only chosen messages, so they do not count.
+    """
     return session.scalars(
         sa.select(ConnectorRun.status)
         .where(
             ConnectorRun.connector_id == run.connector_id,
             ConnectorRun.id < run.id,
-            ConnectorRun.trigger != "test",
+            ConnectorRun.trigger.not_in(("test", "retry")),
         )
         .order_by(ConnectorRun.id.desc())
         .limit(1)

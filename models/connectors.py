@@ -94,6 +94,8 @@ class Connector(Base):
         enum_column(AfterProcessing), default=AfterProcessing.DELETE
     )
     move_to_folder: Mapped[str | None] = mapped_column(sa.String(255))
+    # The IMAP folder that quarantined messages move to; None leaves them in ``folder``.
+    quarantine_folder: Mapped[str | None] = mapped_column(sa.String(255))
     # On first activation, mail received before this is left alone.
     process_mail_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Robot Code parts that have no column of their own: rules, options,
@@ -179,8 +181,10 @@ class ConnectorStore(Base):
 class MessageFailure(Base):
     """A message that failed; after ``max_attempts`` runs it is quarantined.
 
-    Quarantined messages stay in the mailbox and are skipped until someone
-    asks for them to be processed again.
+    ``uidvalidity`` and ``uid`` name the message in the connector's folder.
+    A quarantined message stays there, skipped by runs, or moves to the
+    connector's quarantine folder, until someone asks for it to be processed
+    again.
     """
 
     __tablename__ = "message_failures"
@@ -200,6 +204,12 @@ class MessageFailure(Base):
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set before the message is moved to the quarantine folder, and cleared
+    # again if the move fails. The UIDs come from the server's COPYUID reply,
+    # so they stay None when the server sent none.
+    moved_to_folder: Mapped[str | None] = mapped_column(sa.String(255))
+    moved_uidvalidity: Mapped[int | None] = mapped_column(sa.BigInteger)
+    moved_uid: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class RunProblem(Base):

@@ -163,6 +163,20 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                     "default": "delete",
                 },
                 "move_to": {"type": "string", "minLength": 1},
+                "quarantine_folder": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    # Printable ASCII without the LIST wildcards % and *.
+                    "pattern": r"^[ !-$&-)+-~]*$",
+                    "description": "IMAP folder that a quarantined e-mail moves to; "
+                    "created if missing. Left out, it stays in the scanned folder.",
+                    "errorMessage": {
+                        "pattern": "{value} is not a folder name for quarantined e-mails. "
+                        "Write an IMAP folder name in ASCII letters, digits and punctuation "
+                        "other than * and %, such as Mailroom/Errors."
+                    },
+                },
                 "process_mail_after": {
                     "type": "string",
                     "format": "date-time",
@@ -206,6 +220,7 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                             "provider": _forbidden(),
                             "after_processing": _forbidden(),
                             "move_to": _forbidden(),
+                            "quarantine_folder": _forbidden(),
                             "process_mail_after": _forbidden(),
                         },
                     },

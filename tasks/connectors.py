@@ -11,6 +11,7 @@ from flask import current_app
 
 from intake import run_connector
 from intake.preview import take_selection
+from intake.run import run_in_progress
 from intake.schedule import claim_due_connectors
 from logconfig import task_id_var
 from runtime import Services
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 BEAT_TICK_KEY = "mailroom:beat:last-tick"
 WORKER_DONE_KEY = "mailroom:worker:last-task-done"
+# Process again waits for a run in progress by retrying 20 times this many
+# seconds apart, which covers ten minutes.
+PROCESS_AGAIN_RETRY_SECONDS = 30
 
 
 def _services() -> Services:
@@ -52,11 +56,17 @@ def enqueue_due() -> int:
     time_limit=30 * 60,
 )
 def scan(  # type: ignore[no-untyped-def]
-    self, connector_id: int, trigger: str = "schedule", test_token: str | None = None
+    self,
+    connector_id: int,
+    trigger: str = "schedule",
+    test_token: str | None = None,
+    failure_id: int | None = None,
 ) -> str | None:
     """Run one connector now; skipped if a run of it is already going on.
 
     ``test_token`` names a Test Connector preview: only its messages are processed.
+    ``failure_id`` names a quarantined message in the quarantine folder: only
+    that message is processed (Process again).
     """
     token = task_id_var.set(self.request.id)
     try:
@@ -68,7 +78,10 @@ def scan(  # type: ignore[no-untyped-def]
             if only is None:
                 logger.warning("test selection of connector %s expired or was used", connector_id)
                 return None
-        outcome = run_connector(ctx, connector_id, trigger, only=only)
+        outcome = run_connector(ctx, connector_id, trigger, only=only, quarantined=failure_id)
+        if outcome is None and failure_id is not None and run_in_progress(ctx, connector_id):
+            # Process again was clicked during a run: try again once that run has ended.
+            raise self.retry(countdown=PROCESS_AGAIN_RETRY_SECONDS, max_retries=20)
         services.redis.set(WORKER_DONE_KEY, str(time.time()))
         return outcome.status.value if outcome else None
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 import yaml
 
@@ -64,6 +65,7 @@ source:
   folder: Quotes
   after_processing: move
   move_to: Processed
+  quarantine_folder: Mailroom/Errors
 schedule:
   days: [mon, tue, wed, thu, fri]
   times: ["08:00", "13:30"]
@@ -103,13 +105,28 @@ def test_connector_import_names_the_bad_field(app, seeded, tmp_path) -> None:
     assert "budget_code: 'NOPE' is not a budget code of Contoso Legal LLP" in result.output
 
 
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        ("Quotes", "source.quarantine_folder: 'Quotes' is the folder this connector scans"),
+        ("Processed", "source.quarantine_folder: 'Processed' is also source.move_to"),
+    ],
+)
+def test_connector_import_checks_quarantine_folder(app, seeded, tmp_path, folder, message) -> None:
+    source = tmp_path / "same-folder.yaml"
+    source.write_text(DEFINITION.replace("Mailroom/Errors", folder))
+    result = app.test_cli_runner().invoke(args=["connectors", "import", str(source)])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
 def test_connector_import_reports_lines(app, seeded, tmp_path) -> None:
     source = tmp_path / "bad-schedule.yaml"
     source.write_text(DEFINITION.replace('times: ["08:00", "13:30"]', 'times: ["8 am"]'))
     result = app.test_cli_runner().invoke(args=["connectors", "import", str(source)])
     assert result.exit_code != 0
     assert "is not valid Robot Code" in result.output
-    assert "line 26: schedule.times[0]: '8 am' is not a time of day" in result.output
+    assert "line 27: schedule.times[0]: '8 am' is not a time of day" in result.output
 
 
 def test_connectors_run_unknown_id(app) -> None:

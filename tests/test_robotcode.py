@@ -419,10 +419,59 @@ def test_parse_reports_schema_errors(text: str, errors: list) -> None:
             HEADER + "store_on_error:\n  location: none\n  path: /errors\n",
             [(5, "store_on_error.path: is not used when location is none. Remove it.")],
         ),
+        (
+            HEADER
+            + "source:\n"
+            + "  location: ftp\n"
+            + "  host: files.example.com\n"
+            + "  username: mailroom\n"
+            + "  folder: incoming\n"
+            + "  quarantine_folder: Mailroom/Errors\n",
+            [
+                (
+                    8,
+                    "source.quarantine_folder: is not used when location is folder, ftp or "
+                    "sftp. Remove it.",
+                )
+            ],
+        ),
     ],
 )
 def test_parse_reports_conditional_errors(text: str, errors: list) -> None:
     assert parse_errors(text) == errors
+
+
+QUARANTINE_SOURCE = (
+    HEADER
+    + "source:\n"
+    + "  location: email\n"
+    + "  authorization: password\n"
+    + "  host: imap.example.com\n"
+    + "  username: intake@example.com\n"
+)
+QUARANTINE_FOLDER_HELP = (
+    "is not a folder name for quarantined e-mails. Write an IMAP folder name in ASCII "
+    "letters, digits and punctuation other than * and %, such as Mailroom/Errors."
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("'Errors*'", "'Errors*'"),
+        ("'50%'", "'50%'"),
+        ("Fehler/Übersetzung", "'Fehler/Übersetzung'"),
+    ],
+)
+def test_parse_rejects_bad_quarantine_folder(value: str, shown: str) -> None:
+    errors = parse_errors(QUARANTINE_SOURCE + f"  quarantine_folder: {value}\n")
+    assert errors == [(8, f"source.quarantine_folder: {shown} {QUARANTINE_FOLDER_HELP}")]
+
+
+def test_parse_accepts_quarantine_folder() -> None:
+    data = parse_robot_code(QUARANTINE_SOURCE + "  quarantine_folder: Mailroom/Errors\n")
+    assert data["source"]["quarantine_folder"] == "Mailroom/Errors"
+    assert parse_robot_code(dump_robot_code(data)) == data
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ with a mailbox that logs in with a password over STARTTLS.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -189,6 +190,28 @@ BAD_OPTION_INPUTS = [
      'Attempts before quarantine "three" is not a number; enter a whole number from 1 to 20.'),
     ({"max_attempts": ""}, "max_attempts",
      "Attempts before quarantine is missing; enter a whole number from 1 to 20, usually 3."),
+    ({"quarantine_folder": "INBOX/Orders"}, "quarantine_folder",
+     'Quarantine folder "INBOX/Orders" is the folder this connector scans; enter another '
+     "folder, e.g. Mailroom/Errors, or leave it empty."),
+    ({"folder": "INBOX", "quarantine_folder": "inbox"}, "quarantine_folder",
+     'Quarantine folder "inbox" is the folder this connector scans; enter another folder, '
+     "e.g. Mailroom/Errors, or leave it empty."),
+    ({"after_processing": "move", "move_to_folder": "Done", "quarantine_folder": "Done"},
+     "quarantine_folder",
+     'Quarantine folder "Done" is also the Move to folder for processed e-mails; enter a '
+     "separate folder, e.g. Mailroom/Errors, so that failed e-mails stay apart."),
+    ({"quarantine_folder": "Errors*"}, "quarantine_folder",
+     'Quarantine folder "Errors*" contains * or %, which IMAP reads as wildcards when it looks '
+     "the folder up; remove them, e.g. Mailroom/Errors."),
+    ({"quarantine_folder": "Fehler/Übersetzung"}, "quarantine_folder",
+     'Quarantine folder "Fehler/Übersetzung" contains letters outside ASCII, which Mailroom '
+     "cannot send as an IMAP folder name yet; use ASCII letters, e.g. Mailroom/Errors."),
+    ({"quarantine_folder": "Errors\nX"}, "quarantine_folder",
+     'Quarantine folder "Errors\nX" is not a valid folder name; use at most 255 characters '
+     "without line breaks, e.g. Mailroom/Errors, or leave it empty."),
+    ({"quarantine_folder": "E" * 256}, "quarantine_folder",
+     f'Quarantine folder "{"E" * 80}" is not a valid folder name; use at most 255 characters '
+     "without line breaks, e.g. Mailroom/Errors, or leave it empty."),
     ({"schedule_kind": "hourly"}, "schedule_kind",
      'Run "hourly" is not valid; choose Every N minutes or On chosen weekdays at chosen times.'),
     ({"schedule_kind": "weekly", "schedule_times": "08:00"}, "schedule_days",
@@ -1080,6 +1103,120 @@ def test_quarantine_from_real_runs(logged_in, services, dovecot_connector, mailb
     outcome = run_connector(ctx, dovecot_connector, "manual")
     assert len(outcome.problems) == 1  # tried again, and it fails again
     assert len(mailbox.dovecot.list_uids(PASSWORD_USER)) == 1
+
+
+def test_quarantine_folder_saved_and_shown(logged_in, services, saved_password_connector) -> None:
+    url = edit_url(saved_password_connector)
+    response = submit(logged_in, url, {"quarantine_folder": " Mailroom/Errors ", "password": ""})
+    assert response.status_code == 302, read_form(response.text).errors
+    assert connector_named(services, "Acme orders").quarantine_folder == "Mailroom/Errors"
+
+    page = logged_in.get(url).text
+    label = page.split('for="quarantine_folder"', 1)[1].split("</label>", 1)[0]
+    assert label.endswith("Quarantine folder")
+    assert 'id="quarantine_folder"' in page
+    assert 'aria-describedby="quarantine_folder-help"' in page
+    values = dict(read_form(page).values)
+    assert values["quarantine_folder"] == "Mailroom/Errors"
+    assert "quarantine_folder: Mailroom/Errors" in values["robot_code"]
+    show = logged_in.get(f"{BASE}/{saved_password_connector}").text
+    assert "moves it to folder &#34;Mailroom/Errors&#34;" in show
+
+    cleared = submit(logged_in, url, {"quarantine_folder": "", "password": ""})
+    assert cleared.status_code == 302, read_form(cleared.text).errors
+    assert connector_named(services, "Acme orders").quarantine_folder is None
+
+
+def test_robot_code_sets_quarantine_folder(logged_in, services, saved_password_connector) -> None:
+    url = edit_url(saved_password_connector)
+    text = robot_code_of(logged_in, saved_password_connector)
+    data = yaml.safe_load(text)
+    data["source"]["quarantine_folder"] = "Mailroom/Errors"
+    response = submit(logged_in, url, {"robot_code": dump_robot_code(data), "password": ""})
+    assert response.status_code == 302, read_form(response.text).errors
+    assert connector_named(services, "Acme orders").quarantine_folder == "Mailroom/Errors"
+
+    # A value the form rejects names the Robot Code line as well.
+    data["source"]["quarantine_folder"] = "INBOX/Orders"
+    edited = dump_robot_code(data)
+    line = edited.splitlines().index("  quarantine_folder: INBOX/Orders") + 1
+    response = submit(logged_in, url, {"robot_code": edited, "password": ""})
+    assert response.status_code == 200
+    message = (
+        'Quarantine folder "INBOX/Orders" is the folder this connector scans; enter another '
+        "folder, e.g. Mailroom/Errors, or leave it empty."
+    )
+    assert read_form(response.text).errors == {
+        "quarantine_folder": [message],
+        "robot_code": [f"Line {line}: source.quarantine_folder: {message}"],
+    }
+    assert connector_named(services, "Acme orders").quarantine_folder == "Mailroom/Errors"
+
+
+def test_process_again_from_quarantine_folder(
+    logged_in, services, settings, dovecot_connector, mailbox
+) -> None:
+    folder = f"Mailroom/Errors-{uuid.uuid4().hex[:8]}"
+    url = edit_url(dovecot_connector)
+    response = submit(
+        logged_in, url, {"max_attempts": "1", "quarantine_folder": folder, "password": ""}
+    )
+    assert response.status_code == 302, read_form(response.text).errors
+    with services.db.session() as session:
+        session.get(Connector, dovecot_connector).rules = {"include_files": ["*.docx"]}
+        session.commit()
+    mailbox.dovecot.deliver(
+        PASSWORD_USER, message_with_files("Offer", [("offer.pdf", PDF_BYTES, "application/pdf")])
+    )
+    try:
+        ctx = services.intake_context()
+        assert run_connector(ctx, dovecot_connector, "manual").status == RunStatus.PARTIAL
+        assert mailbox.dovecot.list_uids(PASSWORD_USER) == []
+        assert len(mailbox.dovecot.list_uids(PASSWORD_USER, folder)) == 1
+
+        show = f"{BASE}/{dovecot_connector}"
+        page = logged_in.get(show).text
+        table = page.split('id="quarantine-table"', 1)[1].split("</table>", 1)[0]
+        assert "Offer" in table
+        assert f'<td class="text-break">{folder}</td>' in table
+        assert "No attachment matches the connector&#39;s file patterns" in table
+        with services.db.session() as session:
+            failure_id = session.scalars(sa.select(MessageFailure.id)).one()
+
+        response = logged_in.post(
+            f"{show}/quarantine/{failure_id}/release",
+            data={"csrf_token": csrf_token(logged_in, show)},
+            follow_redirects=True,
+        )
+        assert response.request.path == show
+        assert (
+            f"The e-mail &#34;Offer&#34; from client@example.org is being processed from folder "
+            f"&#34;{folder}&#34;." in response.text
+        )
+        queue = redis_lib.Redis.from_url(settings.redis_url).lrange(SCANS_QUEUE, 0, -1)
+        assert len(queue) == 1
+        headers = json.loads(queue[0])["headers"]
+        assert headers["task"] == "mailroom.connectors.scan"
+        assert headers["argsrepr"] == f"({dovecot_connector}, 'retry')"
+        assert headers["kwargsrepr"] == f"{{'failure_id': {failure_id}}}"
+
+        # The rule was the reason; the worker then runs the queued task.
+        with services.db.session() as session:
+            session.get(Connector, dovecot_connector).rules = {}
+            session.commit()
+        scan.apply(args=(dovecot_connector, "retry"), kwargs={"failure_id": failure_id})
+        assert mailbox.dovecot.list_uids(PASSWORD_USER, folder) == []
+        with services.db.session() as session:
+            jobs = session.scalars(sa.select(Job)).all()
+            assert [job.source_subject for job in jobs] == ["Offer"]
+            assert session.scalars(sa.select(MessageFailure)).all() == []
+        page = logged_in.get(show).text
+        assert "No e-mails are quarantined." in page
+        newest_run = page.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+        assert "<td>retry</td>" in newest_run
+    finally:
+        with mailbox.dovecot.master_session(PASSWORD_USER) as imap:
+            imap.delete(f'"{folder}"')
 
 
 # In a browser ------------------------------------------------------------------

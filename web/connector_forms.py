@@ -30,6 +30,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, StopValidation, ValidationError
 
+from intake.definition import same_folder
 from intake.failures import DEFAULT_MAX_ATTEMPTS
 from mailauth import Provider
 from models import (
@@ -254,6 +255,14 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         description="Runs that may fail on one e-mail before it is quarantined: later runs "
         "skip it until someone clicks Process again on the connector page. From 1 to 20.",
     )
+    quarantine_folder = StringField(
+        "Quarantine folder",
+        filters=[strip_text],
+        description="Optional. The IMAP folder that a quarantined e-mail is moved to, "
+        "e.g. Mailroom/Errors; Mailroom creates it if it is missing. Sub-folders are "
+        "written as the server separates them. Empty: quarantined e-mails stay in the "
+        "folder this connector scans.",
+    )
 
     save = SubmitField("Save")
     generate_token = SubmitField("Generate new token")
@@ -433,6 +442,38 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             raise ValidationError(
                 f'Move to folder "{folder}" is the folder this connector scans; enter another '
                 "folder, e.g. INBOX/Processed."
+            )
+
+    def validate_quarantine_folder(self, field: StringField) -> None:
+        folder = field.data or ""
+        if not folder:
+            return
+        if len(folder) > 255 or CONTROL_CHARACTERS.search(folder):
+            raise ValidationError(
+                f'Quarantine folder "{folder[:80]}" is not a valid folder name; use at most 255 '
+                "characters without line breaks, e.g. Mailroom/Errors, or leave it empty."
+            )
+        if not folder.isascii():
+            raise ValidationError(
+                f'Quarantine folder "{folder}" contains letters outside ASCII, which Mailroom '
+                "cannot send as an IMAP folder name yet; use ASCII letters, e.g. Mailroom/Errors."
+            )
+        if "*" in folder or "%" in folder:
+            raise ValidationError(
+                f'Quarantine folder "{folder}" contains * or %, which IMAP reads as wildcards '
+                "when it looks the folder up; remove them, e.g. Mailroom/Errors."
+            )
+        if same_folder(folder, self.folder.data or "INBOX"):
+            raise ValidationError(
+                f'Quarantine folder "{folder}" is the folder this connector scans; enter '
+                "another folder, e.g. Mailroom/Errors, or leave it empty."
+            )
+        moving = self.after_processing.data == AfterProcessing.MOVE.value
+        if moving and same_folder(folder, self.move_to_folder.data or ""):
+            raise ValidationError(
+                f'Quarantine folder "{folder}" is also the Move to folder for processed '
+                "e-mails; enter a separate folder, e.g. Mailroom/Errors, so that failed "
+                "e-mails stay apart."
             )
 
     def validate_process_mail_after(self, field: UtcDateTimeField) -> None:

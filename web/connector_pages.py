@@ -132,7 +132,10 @@ def connector_summary(session: Session, connector: Connector) -> ConnectorSummar
     if options.get("unpack_zip"):
         option_texts.append("unpacks ZIP archives")
     attempts = options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS
-    option_texts.append(f"quarantines an e-mail after {attempts} failed attempts")
+    quarantine = f"quarantines an e-mail after {attempts} failed attempts"
+    if connector.quarantine_folder:
+        quarantine += f' and moves it to folder "{connector.quarantine_folder}"'
+    option_texts.append(quarantine)
 
     schedule = connector_schedule(connector)
     next_run_local = None

@@ -357,6 +357,7 @@ def _leaves() -> Iterator[tuple[Path, Converter]]:
         ("folder", "folder"),
         ("after_processing", "after_processing"),
         ("move_to", "move_to_folder"),
+        ("quarantine_folder", "quarantine_folder"),
     ):
         yield ("source", key), _to(name)
     yield ("source", "process_mail_after"), _process_mail_after

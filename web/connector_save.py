@@ -73,6 +73,7 @@ def initial_data(connector: Connector | None) -> dict[str, Any]:
         "include_inline_images": bool(options.get("include_inline_images")),
         "unpack_zip": bool(options.get("unpack_zip")),
         "max_attempts": options.get("max_attempts") or DEFAULT_MAX_ATTEMPTS,
+        "quarantine_folder": connector.quarantine_folder or "",
         **schedule_initial_data(connector),
         **notification_initial_data(connector.notifications),
         "store_success": store_initial_data(stores.get(StoreRole.SUCCESS)),
@@ -117,6 +118,7 @@ def apply_form(
     connector.after_processing = AfterProcessing(form.after_processing.data)
     moving = connector.after_processing == AfterProcessing.MOVE
     connector.move_to_folder = form.move_to_folder.data if moving else None
+    connector.quarantine_folder = form.quarantine_folder.data or None
     connector.process_mail_after = form.process_mail_after.data
     connector.person_responsible = rows.person_responsible
     connector.source_language = rows.source_language

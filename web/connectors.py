@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
 from intake.definition import export_connector
-from intake.failures import release
+from intake.failures import get_failure, release
 from intake.preview import PREVIEW_LIMIT, SELECTION_SECONDS, preview_connector
 from models import (
     AuthMethod,
@@ -371,23 +371,32 @@ def finish_test(connector_id: int) -> Response:
 @bp.post("/<int:connector_id>/quarantine/<int:failure_id>/release")
 @admin_required
 def release_message(connector_id: int, failure_id: int) -> Response:
-    """Take a message out of quarantine, so the next run tries it again."""
+    """Take a message out of quarantine.
+
+    A message in the quarantine folder is processed from there at once. One
+    still in the scanned folder is left for the next run.
+    """
     session = db_session()
     connector = _connector_or_404(connector_id)
     if not EmptyForm().validate_on_submit():
         abort(400)
-    failure = session.get(MessageFailure, failure_id)
-    subject = failure.subject if failure is not None else None
-    sender = failure.sender if failure is not None else None
-    released = release(session, connector.id, failure_id)
-    session.commit()
-    if not released:
+    failure = get_failure(session, connector.id, failure_id)
+    if failure is None or failure.quarantined_at is None:
         flash(
             "That e-mail is no longer in quarantine, so nothing was changed. "
             "The list below shows the e-mails still quarantined.",
             "warning",
         )
         return redirect(_show_url(connector))
+    described = (
+        f'The e-mail "{failure.subject or "(no subject)"}" from '
+        f"{failure.sender or 'an unknown sender'}"
+    )
+    if failure.moved_to_folder is not None:
+        return _process_moved(connector, failure_id, described, failure.moved_to_folder)
+
+    release(session, connector.id, failure_id)
+    session.commit()
     logger.info(
         "quarantined message %s of connector %s released by user %s",
         failure_id,
@@ -395,9 +404,40 @@ def release_message(connector_id: int, failure_id: int) -> Response:
         current_user.id,
     )
     flash(
-        f'The e-mail "{subject or "(no subject)"}" from {sender or "an unknown sender"} left '
-        "quarantine, so the next run processes it again. Click Run now to process it at once.",
+        f"{described} left quarantine, so the next run processes it again. "
+        "Click Run now to process it at once.",
         "success",
+    )
+    return redirect(_show_url(connector))
+
+
+def _process_moved(connector: Connector, failure_id: int, described: str, folder: str) -> Response:
+    """Queue a run that processes one quarantined message from the folder it was moved to."""
+    try:
+        scan.apply_async(args=(connector.id, "retry"), kwargs={"failure_id": failure_id})
+    except OperationalError as exc:
+        logger.error(
+            "queueing Process again of message %s of connector %s failed: %s",
+            failure_id,
+            connector.id,
+            exc,
+        )
+        flash(
+            f"Process again could not be queued because the task queue did not respond ({exc}). "
+            "Check that Redis and the worker are running, then click Process again.",
+            "danger",
+        )
+        return redirect(_show_url(connector))
+    logger.info(
+        "Process again of message %s of connector %s queued by user %s",
+        failure_id,
+        connector.id,
+        current_user.id,
+    )
+    flash(
+        f'{described} is being processed from folder "{folder}". Reload this page in a '
+        "moment: the run is listed below, and the e-mail leaves this list once its job is made.",
+        "info",
     )
     return redirect(_show_url(connector))
 
