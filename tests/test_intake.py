@@ -110,6 +110,22 @@ def _make_connector(session, stack: MailStack, **changes) -> Connector:  # type:
     return connector
 
 
+def password_connector_id(services, stack: MailStack, name: str) -> int:  # type: ignore[no-untyped-def]
+    """Add a password connector on the STARTTLS port, so no consent is needed."""
+    with services.db.session() as session:
+        connector = _make_connector(
+            session,
+            stack,
+            name=name,
+            auth_method=AuthMethod.PASSWORD,
+            username=PASSWORD_USER,
+            port=stack.dovecot.imap_port,
+            use_ssl=False,
+            password_encrypted=services.box.encrypt(PASSWORD_USER_PASSWORD),
+        )
+        return connector.id
+
+
 def _consent(services, logged_in, stack: MailStack, account_id: int) -> None:  # type: ignore[no-untyped-def]
     """Run the real consent flow: authorization URL, consent page, callback view."""
     with logged_in.session_transaction() as browser_session:
@@ -398,17 +414,7 @@ def test_revoked_grant_marks_account_for_consent(services, oauth_connector: int,
 
 
 def test_password_connector_over_starttls(services, seeded, stack) -> None:
-    with services.db.session() as session:
-        connector = _make_connector(
-            session,
-            stack,
-            auth_method=AuthMethod.PASSWORD,
-            username=PASSWORD_USER,
-            port=stack.dovecot.imap_port,
-            use_ssl=False,
-            password_encrypted=services.box.encrypt(PASSWORD_USER_PASSWORD),
-        )
-        connector_id = connector.id
+    connector_id = password_connector_id(services, stack, "Northwind intake")
     stack.dovecot.deliver(
         PASSWORD_USER, message_with_files("By password", [("p.pdf", PDF_BYTES, "application/pdf")])
     )

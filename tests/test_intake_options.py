@@ -15,7 +15,6 @@ from intake.preview import preview_connector, take_selection
 from models import (
     AfterProcessing,
     Aggregation,
-    AuthMethod,
     Connector,
     ConnectorRun,
     Job,
@@ -27,25 +26,18 @@ from models import (
 )
 
 from .mailhelpers import PDF_BYTES, message_with_files, message_without_files
-from .servers import PASSWORD_USER, PASSWORD_USER_PASSWORD, MailStack
-from .test_intake import _make_connector, settings, stack  # noqa: F401  (fixtures)
+from .servers import PASSWORD_USER, MailStack
+from .test_intake import (  # noqa: F401  (fixtures)
+    password_connector_id,
+    settings,
+    stack,
+)
 
 
 @pytest.fixture
 def connector_id(services, seeded, stack: MailStack) -> int:
     """A password connector on the STARTTLS port, so no consent is needed."""
-    with services.db.session() as session:
-        connector = _make_connector(
-            session,
-            stack,
-            name="Options",
-            auth_method=AuthMethod.PASSWORD,
-            username=PASSWORD_USER,
-            port=stack.dovecot.imap_port,
-            use_ssl=False,
-            password_encrypted=services.box.encrypt(PASSWORD_USER_PASSWORD),
-        )
-        return connector.id
+    return password_connector_id(services, stack, "Options")
 
 
 def _change(services, connector_id: int, **values) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,6 @@ from intake import run_connector
 from intake.email_source import LARGE_MESSAGE_BYTES
 from intake.preview import preview_connector
 from models import (
-    AuthMethod,
     Connector,
     ConnectorStore,
     Job,
@@ -37,7 +36,11 @@ from models import (
 
 from .mailhelpers import PDF_BYTES, message_with_files
 from .servers import PASSWORD_USER, PASSWORD_USER_PASSWORD, MailStack
-from .test_intake import _make_connector, settings, stack  # noqa: F401  (fixtures)
+from .test_intake import (  # noqa: F401  (fixtures)
+    password_connector_id,
+    settings,
+    stack,
+)
 
 CZECH_NAME = "Překlad smlouvy – příloha č. 1.docx"
 DAMAGE_NOTE = "Job created, but part of the e-mail was damaged: "
@@ -53,18 +56,7 @@ def random_bytes(size: int, seed: int) -> bytes:
 @pytest.fixture
 def connector_id(services, seeded, stack: MailStack) -> int:
     """A password connector on the STARTTLS port, so no consent is needed."""
-    with services.db.session() as session:
-        connector = _make_connector(
-            session,
-            stack,
-            name="Large messages",
-            auth_method=AuthMethod.PASSWORD,
-            username=PASSWORD_USER,
-            port=stack.dovecot.imap_port,
-            use_ssl=False,
-            password_encrypted=services.box.encrypt(PASSWORD_USER_PASSWORD),
-        )
-        return connector.id
+    return password_connector_id(services, stack, "Large messages")
 
 
 class FetchLog:
