@@ -90,6 +90,16 @@ def _text(data: object) -> str:
     return str(data)
 
 
+# Dovecot ends its tagged replies with timings such as "(0.001 + 0.000 secs).",
+# which mean nothing to the person reading the error.
+_SERVER_TIMINGS = re.compile(r"\s*\(\d+\.\d+(?: \+ \d+\.\d+)* secs\)\.?\s*$")
+
+
+def _reply(data: object) -> str:
+    """Return a server reply for an error message: no timings, no final period."""
+    return _SERVER_TIMINGS.sub("", _text(data)).rstrip(". ")
+
+
 def _quote(mailbox: str) -> str:
     return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -189,7 +199,7 @@ def _authenticate(
         if typ == "OK" and data and isinstance(data[-1], bytes):
             imap.capabilities = tuple(data[-1].decode("ascii", "replace").upper().split())
     except imaplib.IMAP4.error as exc:
-        text = _text(exc.args[0] if exc.args else exc)
+        text = _reply(exc.args[0] if exc.args else exc)
         if "UNAVAILABLE" in text or "Temporary" in text:
             raise TemporaryMailboxError(
                 f"{settings.host} cannot check logins right now ({text}); will retry"
@@ -224,7 +234,7 @@ class MailboxSession:
 
     def _check(self, typ: str, data: object, what: str) -> object:
         if typ != "OK":
-            raise MailboxError(f"{what} failed: {_text(data)}")
+            raise MailboxError(f"{what} failed: {_reply(data)}")
         return data
 
     def list_folders(self) -> list[tuple[str, set[str]]]:
@@ -251,7 +261,7 @@ class MailboxSession:
         if typ != "OK":
             names = ", ".join(sorted(name for name, _ in self.list_folders()))
             raise MailboxError(
-                f"Folder {folder!r} cannot be opened ({_text(data)}); existing folders: {names}"
+                f"Folder {folder!r} cannot be opened ({_reply(data)}); existing folders: {names}"
             )
         _, values = self.imap.response("UIDVALIDITY")
         if not values or values[0] is None:
@@ -330,12 +340,12 @@ class MailboxSession:
             if "ALREADYEXISTS" in _text(data).upper():
                 return False  # another client created it a moment ago
             raise MailboxError(
-                f"Folder {folder!r} does not exist, and creating it failed: {_text(data)}"
+                f"Folder {folder!r} does not exist, and creating it failed: {_reply(data)}"
             )
         # Many mail programs show only subscribed folders; the folder works without it.
         typ, data = self.imap.subscribe(_quote(folder))
         if typ != "OK":
-            logger.info("SUBSCRIBE %r failed: %s", folder, _text(data))
+            logger.info("SUBSCRIBE %r failed: %s", folder, _reply(data))
         return True
 
     def has_uid(self, uid: int) -> bool:

@@ -156,3 +156,24 @@ def test_admin_guide_robot_code_example_parses() -> None:
     data = parse_robot_code(example)
     assert data["files_aggregation"] == "per_email"
     assert data["schedule"]["timezone"] == "Europe/Prague"
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            [b"[CANNOT] Invalid mailbox name: adjacent hierarchy separators (0.001 + 0.000 secs)."],
+            "[CANNOT] Invalid mailbox name: adjacent hierarchy separators",
+        ),
+        (
+            b"Mailbox doesn't exist: Orders (0.001 + 0.000 + 0.001 secs).",
+            "Mailbox doesn't exist: Orders",
+        ),
+        (b"Logged in", "Logged in"),
+        (b"Done.", "Done"),
+    ],
+)
+def test_server_reply_without_timings(reply: object, expected: str) -> None:
+    from imapsession.session import _reply
+
+    assert _reply(reply) == expected

@@ -38,7 +38,9 @@ from models import (
     JobKind,
     Language,
     MailAccount,
+    MessageFailure,
     OAuthState,
+    ProcessedMessage,
     RunProblem,
     RunStatus,
     TokenStatus,
@@ -956,6 +958,48 @@ def test_page_lists_runs_and_left_emails(logged_in, services, saved_password_con
     assert page.text.count("Offer without files") == 1
     assert "no attachments (run 24)" in page.text
     assert "too large" in page.text
+
+
+def test_left_list_drops_settled_messages(logged_in, services, saved_password_connector) -> None:
+    with services.db.session() as session:
+        run = ConnectorRun(
+            connector_id=saved_password_connector,
+            trigger="schedule",
+            status=RunStatus.PARTIAL,
+            started_at=datetime(2026, 3, 1, 8, 0, tzinfo=UTC),
+        )
+        run.problems = [
+            RunProblem(uid=7, message_id="<moved@example.com>", subject="Moved", reason="r1"),
+            RunProblem(uid=8, subject="Processed later", reason="r2"),
+            RunProblem(uid=9, message_id="<still@example.com>", subject="Still here", reason="r3"),
+        ]
+        session.add(run)
+        session.add(
+            MessageFailure(
+                connector_id=saved_password_connector,
+                uidvalidity=1,
+                uid=7,
+                message_id="<moved@example.com>",
+                attempts=3,
+                last_error="r1",
+                quarantined_at=datetime(2026, 3, 1, 8, 5, tzinfo=UTC),
+                moved_to_folder="Mailroom/Errors",
+            )
+        )
+        session.add(
+            ProcessedMessage(
+                connector_id=saved_password_connector, uidvalidity=1, uid=8, content_hash="0" * 64
+            )
+        )
+        session.commit()
+
+    page = logged_in.get(f"{BASE}/{saved_password_connector}")
+    left = page.text.split("E-mails left in the folder", 1)[1].split('id="quarantine"', 1)[0]
+    assert "Still here" in left
+    assert "Moved" not in left
+    assert "Processed later" not in left
+    quarantine = page.text.split('id="quarantine-table"', 1)[1]
+    assert '<td class="text-break">Mailroom/Errors</td>' in quarantine
 
 
 def test_list_shows_last_run_and_next_run(logged_in, services, saved_password_connector) -> None:

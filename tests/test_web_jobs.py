@@ -380,3 +380,12 @@ def test_job_page_shows_deadline_and_notes(logged_in, services, seeded) -> None:
     page = logged_in.get(f"/jobs/{job_id}")
     assert "2026-12-09 09:15 UTC" in page.text
     assert "Use the NWP glossary." in page.text
+
+
+def test_missing_pages_keep_the_layout(logged_in) -> None:
+    for path in ("/jobs/999999", "/projects?before=abc", "/no-such-page"):
+        page = logged_in.get(path)
+        assert page.status_code == 404, path
+        assert "<title>Not found · Mailroom</title>" in page.text
+        assert 'href="/">Go to the dashboard</a>' in page.text
+        assert 'rel="icon"' in page.text

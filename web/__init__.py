@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, render_template
+from werkzeug.exceptions import HTTPException
 
 from config import Settings, load_settings
 from logconfig import configure_logging
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         return {"flower_url": app.config.get("FLOWER_URL")}
 
     app.add_template_filter(utc_time)
+    register_error_pages(app)
 
     register_extensions(app)
     celery_init_app(app, services)
@@ -70,6 +72,26 @@ def register_extensions(app: Flask) -> None:
         # one pre-ping instead of two.
         user = db_session().get(User, int(user_id))
         return user if user is not None and user.is_active else None
+
+
+ERROR_PAGES = {
+    400: ("Bad request", "The request was not valid. Reload the page and try again."),
+    403: ("Not allowed", "Your account may not do this. Ask an admin."),
+    404: ("Not found", "This page does not exist, or what it showed was deleted."),
+    405: ("Not allowed", "This address does not take that kind of request."),
+}
+
+
+def register_error_pages(app: Flask) -> None:
+    """Show errors inside the app's layout, with a way back, instead of a bare page."""
+
+    def render(error: HTTPException) -> tuple[str, int]:
+        code = error.code or 500
+        title, message = ERROR_PAGES[code]
+        return render_template("errors/error.html", title=title, message=message), code
+
+    for code in ERROR_PAGES:
+        app.register_error_handler(code, render)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -36,6 +36,7 @@ from models import (
     Job,
     MailAccount,
     MessageFailure,
+    ProcessedMessage,
     RunProblem,
     TokenStatus,
 )
@@ -111,11 +112,13 @@ def latest_runs(session: Session, connector_ids: list[int]) -> dict[int, Connect
     return {run.connector_id: run for run in runs}
 
 
-def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
+def left_messages(session: Session, connector_id: int, run_ids: list[int]) -> list[LeftMessage]:
     """Return the problems of ``run_ids``, one per message, from the newest run that reported it.
 
     A message with a problem stays in the folder, so every later run reports
-    it again. Listing each run's copy would bury the other messages.
+    it again. Listing each run's copy would bury the other messages. A
+    message quarantined since, or turned into a job since, is no longer left
+    behind: the quarantine table or the job list shows it.
     """
     if not run_ids:
         return []
@@ -125,6 +128,7 @@ def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
         .where(RunProblem.run_id.in_(run_ids))
         .order_by(ConnectorRun.started_at.desc(), RunProblem.run_id.desc(), RunProblem.id)
     ).all()
+    gone = _settled_keys(session, connector_id, [problem for problem, _ in rows])
     seen: set[str] = set()
     messages = []
     for problem, started_at in rows:
@@ -134,11 +138,35 @@ def left_messages(session: Session, run_ids: list[int]) -> list[LeftMessage]:
             key = f"uid:{problem.uid}"
         else:
             key = f"problem:{problem.id}"
-        if key in seen:
+        if key in seen or key in gone:
             continue
         seen.add(key)
         messages.append(LeftMessage(problem=problem, seen_at=started_at))
     return messages[:LEFT_MESSAGES_SHOWN]
+
+
+def _settled_keys(session: Session, connector_id: int, problems: list[RunProblem]) -> set[str]:
+    """Return the keys of ``problems`` whose message was quarantined or made a job since."""
+    message_ids = {problem.message_id for problem in problems if problem.message_id}
+    uids = {problem.uid for problem in problems if problem.uid is not None}
+    if not message_ids and not uids:
+        return set()
+    keys: set[str] = set()
+    for model, extra in (
+        (MessageFailure, MessageFailure.quarantined_at.is_not(None)),
+        (ProcessedMessage, sa.true()),
+    ):
+        rows = session.execute(
+            sa.select(model.message_id, model.uid).where(
+                model.connector_id == connector_id,
+                extra,
+                sa.or_(model.message_id.in_(message_ids), model.uid.in_(uids)),
+            )
+        )
+        keys.update(
+            f"message-id:{message_id}" if message_id else f"uid:{uid}" for message_id, uid in rows
+        )
+    return keys
 
 
 def problem_counts(session: Session, run_ids: list[int]) -> dict[int, int]:
@@ -275,7 +303,7 @@ def show_connector(connector_id: int) -> str:
         account=connector.mail_account,
         runs=runs,
         problem_counts=problem_counts(session, run_ids),
-        left_messages=left_messages(session, run_ids),
+        left_messages=left_messages(session, connector.id, run_ids),
         quarantined=quarantined_messages(session, connector.id),
         form=EmptyForm(),
         AuthMethod=AuthMethod,
