@@ -27,6 +27,38 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class RoutineTaskFilter(logging.Filter):
+    """Drops Celery's received, succeeded and sending lines of tasks that run every tick.
+
+    Beat's tick and the outbox dispatch run every second or so. Their lines
+    would bury everything else in the log; their warnings and errors stay.
+    """
+
+    def __init__(self, task_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.task_names = task_names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in self.task_names)
+
+
+# The loggers on which Celery reports each task received, finished and sent.
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
+def quiet_routine_tasks(task_names: tuple[str, ...]) -> None:
+    """Leave the routine lines of ``task_names`` out of the worker and beat logs."""
+    for name in CELERY_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        for existing in list(logger.filters):
+            if isinstance(existing, RoutineTaskFilter):
+                logger.removeFilter(existing)
+        logger.addFilter(RoutineTaskFilter(task_names))
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ids = " ".join(

@@ -172,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
 Mailroom demo is running at {web}/
 
 1. Log in as {launcher.FIRST_ADMIN} with the password {admin_password or DEMO_ADMIN_PASSWORD}.
-2. Open Configuration > Smart Connectors > "Northwind e-mail intake".
+2. Open Configuration > Integration > Smart Connectors >
+   "Northwind e-mail intake". Its next run says "waiting for a token".
 3. Click "Generate new token". On the demo OAuth server's page, sign in as
    {DEMO_MAILBOX} with the password {DEMO_MAILBOX_PASSWORD} and click Allow.
-4. Back on the connector page, click "Run now" (or wait for its schedule).
+4. Back on the connector page, the token is active and the connector runs
+   within a few seconds; reload the page to see the run.
 5. Open Projects: the two e-mails with attachments became three projects,
    with their files. The e-mail without files stays in the mailbox and is
    listed on the connector page. Notifications sent by Mailroom are printed

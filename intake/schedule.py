@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from database import rowcount
-from models import AuthMethod, Connector, MailAccount, TokenStatus
+from models import AuthMethod, Connector, MailAccount, SourceLocation, TokenStatus
 
 from .schedules import next_run, parse_schedule
 
@@ -32,6 +32,7 @@ def claim_due_connectors(session: Session, now: datetime, limit: int = 500) -> l
     # An OAuth2 connector whose account never got consent waits for it; it
     # becomes due at once when the token arrives.
     waiting_for_consent = sa.and_(
+        Connector.source_location == SourceLocation.EMAIL,
         Connector.auth_method == AuthMethod.OAUTH2,
         sa.or_(MailAccount.id.is_(None), MailAccount.token_status == TokenStatus.NONE),
     )

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, UTCDateTime, enum_column, utcnow
-from .mail_accounts import MailAccount
+from .mail_accounts import MailAccount, TokenStatus
 from .reference import Client, Language, Service, Specialization
 from .users import User
 
@@ -126,6 +126,19 @@ class Connector(Base):
     )
     service: Mapped[Service | None] = relationship()
     specialization: Mapped[Specialization | None] = relationship()
+
+    @property
+    def waits_for_consent(self) -> bool:
+        """True for an OAuth2 e-mail connector whose account never got a token.
+
+        Beat skips such a connector until consent, so its next run time is not
+        when it will run.
+        """
+        return (
+            self.source_location == SourceLocation.EMAIL
+            and self.auth_method == AuthMethod.OAUTH2
+            and (self.mail_account is None or self.mail_account.token_status == TokenStatus.NONE)
+        )
 
     def __repr__(self) -> str:
         return f"<Connector {self.id} {self.name!r}>"

@@ -21,6 +21,7 @@ from models import (
     JobKind,
     MailAccount,
     ProcessedMessage,
+    SourceLocation,
     TokenStatus,
 )
 from referencedata import seed
@@ -88,6 +89,24 @@ def test_claim_due_connectors_once(db: Database) -> None:
     with db.session() as session:
         next_run = session.get(Connector, due_id).next_run_at
         assert next_run == now + timedelta(minutes=5)
+
+
+def test_claim_waits_for_consent_on_email_only(db: Database) -> None:
+    now = datetime.now(UTC)
+    with db.session() as session:
+        seed(session)
+        mailbox = _connector(session, "mailbox", now - timedelta(seconds=1))
+        folder = _connector(session, "folder", now - timedelta(seconds=1))
+        # Robot Code without "authorization" leaves OAuth2 set on any source.
+        for connector in (mailbox, folder):
+            connector.auth_method = AuthMethod.OAUTH2
+        folder.source_location = SourceLocation.FOLDER
+        session.commit()
+        folder_id = folder.id
+        assert mailbox.waits_for_consent
+        assert not folder.waits_for_consent
+    with db.session() as session:
+        assert claim_due_connectors(session, now) == [folder_id]
 
 
 def test_claim_is_compare_and_set(db: Database) -> None:

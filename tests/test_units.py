@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from cryptography.fernet import Fernet
 
@@ -177,3 +179,19 @@ def test_server_reply_without_timings(reply: object, expected: str) -> None:
     from imapsession.session import _reply
 
     assert _reply(reply) == expected
+
+
+def test_routine_task_lines_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    from logconfig import quiet_routine_tasks
+
+    quiet_routine_tasks(("mailroom.connectors.enqueue_due",))
+    trace = logging.getLogger("celery.app.trace")
+    with caplog.at_level(logging.INFO):
+        trace.info("Task %s[%s] succeeded in 0.01s: None", "mailroom.connectors.enqueue_due", "a1")
+        trace.info("Task %s[%s] succeeded in 0.2s: None", "mailroom.connectors.scan", "b2")
+        trace.error("Task %s[%s] raised: boom", "mailroom.connectors.enqueue_due", "c3")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "Task mailroom.connectors.scan[b2] succeeded in 0.2s: None",
+        "Task mailroom.connectors.enqueue_due[c3] raised: boom",
+    ]

@@ -1240,3 +1240,19 @@ def test_concurrent_duplicate_name(logged_in, ids, saved_password_connector, mon
             'Name "Acme orders" is already used by another Smart Connector; choose another name.'
         ]
     }
+
+
+def test_next_run_waits_for_a_token(logged_in, services, saved_oauth_connector) -> None:
+    page = logged_in.get(f"{BASE}/{saved_oauth_connector}")
+    next_run = page.text.split('id="next-run">', 1)[1].split("</dd>", 1)[0]
+    assert "waiting for a token: click Generate new token" in next_run
+    assert "waiting for a token" in logged_in.get(BASE).text
+    assert "waiting for a token" in logged_in.get("/").text
+
+    with services.db.session() as session:
+        account = session.scalars(sa.select(MailAccount)).one()
+        account.token_status = TokenStatus.ACTIVE
+        session.commit()
+    page = logged_in.get(f"{BASE}/{saved_oauth_connector}")
+    assert "waiting for a token" not in page.text
+    assert "<time datetime=" in page.text.split('id="next-run">', 1)[1].split("</dd>", 1)[0]

@@ -9,6 +9,7 @@ from celery.signals import before_task_publish, task_postrun, worker_process_ini
 from flask import Flask
 
 import celery_config
+from logconfig import quiet_routine_tasks
 from runtime import Services
 from tasks.connectors import BEAT_TICK_KEY, WORKER_DONE_KEY
 
@@ -24,6 +25,7 @@ def celery_init_app(app: Flask, services: Services) -> Celery:
     celery.conf.broker_url = services.settings.redis_url
     celery.conf.beat_schedule = celery_config.beat_schedule(services.settings.beat_tick_seconds)
     celery.set_default()
+    quiet_routine_tasks((celery_config.BEAT_TICK_TASK, celery_config.OUTBOX_TASK))
     for module in ("connectors", "outbox", "tokens"):
         celery.autodiscover_tasks(["tasks"], related_name=module, force=True)
 

@@ -201,7 +201,9 @@ def quarantined_messages(session: Session, connector_id: int) -> list[MessageFai
 def list_connectors() -> str:
     session = db_session()
     statement = (
-        sa.select(Connector).options(selectinload(Connector.client)).order_by(Connector.name)
+        sa.select(Connector)
+        .options(selectinload(Connector.client), selectinload(Connector.mail_account))
+        .order_by(Connector.name)
     )
     page = paginate(session, statement, requested_page_number(), CONNECTORS_PER_PAGE)
     connectors = [row[0] for row in page.items]

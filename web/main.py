@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, abort, current_app, render_template, url_for
 from flask_login import login_required
+from sqlalchemy.orm import selectinload
 from werkzeug.wrappers import Response
 
 from models import (
@@ -37,7 +38,10 @@ CONSENT_STATUSES = (TokenStatus.NONE, TokenStatus.NEEDS_CONSENT, TokenStatus.CLI
 def dashboard() -> str:
     session = db_session()
     connectors = session.scalars(
-        sa.select(Connector).order_by(Connector.name).limit(CONNECTORS_SHOWN)
+        sa.select(Connector)
+        .options(selectinload(Connector.mail_account))
+        .order_by(Connector.name)
+        .limit(CONNECTORS_SHOWN)
     ).all()
     shown_ids = [connector.id for connector in connectors]
     quarantined = dict(
