@@ -250,6 +250,16 @@ class MailboxRun:
         with self.ctx.db.session() as session:
             quarantined = quarantined_uids(session, self.settings.id, self.uidvalidity)
         self.move_stranded([uid for uid in uids if uid in quarantined])
+        if only_uids is not None:
+            # Finish Test names these messages, so say why one of them made no job.
+            for uid in uids:
+                if uid in quarantined and uid not in states:
+                    self.outcome.problem(
+                        uid,
+                        None,
+                        "This e-mail is quarantined, so Finish Test did not process it. "
+                        "Click Process again in the quarantine list to retry it.",
+                    )
         todo = [uid for uid in uids if uid not in states and uid not in quarantined]
 
         pending: list[PreparedMessage] = []  # batch aggregation: one job at the end

@@ -229,3 +229,33 @@ def test_recovery_is_announced(services, connector_id, stack) -> None:
         runs = session.scalar(sa.select(sa.func.count()).select_from(ConnectorRun))
     assert events == ["processing_error", "connector_recovered"]
     assert runs == 3
+
+
+def test_finish_test_reports_a_quarantined_message(services, connector_id, stack) -> None:
+    stack.dovecot.deliver(PASSWORD_USER, _two_files("Previewed order"))
+    preview = preview_connector(services.intake_context(), connector_id)
+    ctx = services.intake_context()
+    selection = take_selection(ctx, connector_id, preview.token)
+    assert selection is not None
+    # A scheduled run quarantined the message between the preview and Finish Test.
+    with services.db.session() as session:
+        session.add(
+            MessageFailure(
+                connector_id=connector_id,
+                uidvalidity=selection.uidvalidity,
+                uid=selection.uids[0],
+                attempts=3,
+                last_error="The store was full.",
+                quarantined_at=datetime.now(UTC),
+            )
+        )
+        session.commit()
+
+    outcome = run_connector(ctx, connector_id, "test", only=selection)
+
+    assert outcome.jobs_created == 0
+    assert outcome.status == RunStatus.PARTIAL
+    assert len(outcome.problems) == 1
+    assert outcome.problems[0][0] == selection.uids[0]
+    assert "is quarantined, so Finish Test did not process it" in outcome.problems[0][4]
+    assert _jobs(services) == []
