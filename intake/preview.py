@@ -20,7 +20,7 @@ from typing import BinaryIO
 from extraction import ExtractionOptions, extract_files
 from imapsession import MailboxError, MailboxSession
 from mailauth import TokenError
-from models import Aggregation, Connector, RunStatus
+from models import Aggregation, AuthMethod, Connector, RunStatus
 from robotcode import rules
 
 from .context import IntakeContext
@@ -72,7 +72,8 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
         with login(ctx, settings, readonly=True) as mailbox:
             preview.connection = (
                 f"Logged in to {settings.host}:{settings.port} as {settings.username} "
-                f"({'SSL' if settings.use_ssl else 'STARTTLS'}, {settings.auth_method})"
+                f"({'SSL' if settings.use_ssl else 'STARTTLS'}, "
+                f"{'OAuth2' if settings.auth_method == AuthMethod.OAUTH2 else 'password'})"
             )
             scan = MailboxRun(
                 ctx, settings, 0, mailbox, RunOutcome(0, RunStatus.RUNNING), Path(workdir), None
