@@ -28,7 +28,7 @@ class ContextFilter(logging.Filter):
 
 
 class RoutineTaskFilter(logging.Filter):
-    """Drops Celery's received, succeeded and sending lines of tasks that run every tick.
+    """A filter for Celery's received, succeeded and sending lines of tasks run every tick.
 
     Beat's tick and the outbox dispatch run every second or so. Their lines
     would bury everything else in the log; their warnings and errors stay.

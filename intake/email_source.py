@@ -251,7 +251,7 @@ class MailboxRun:
             quarantined = quarantined_uids(session, self.settings.id, self.uidvalidity)
         self.move_stranded([uid for uid in uids if uid in quarantined])
         if only_uids is not None:
-            # Finish Test names these messages, so say why one of them made no job.
+            # Finish Test lists these messages, so report why one of them made no job.
             for uid in uids:
                 if uid in quarantined and uid not in states:
                     self.outcome.problem(

@@ -128,7 +128,7 @@ def left_messages(session: Session, connector_id: int, run_ids: list[int]) -> li
         .where(RunProblem.run_id.in_(run_ids))
         .order_by(ConnectorRun.started_at.desc(), RunProblem.run_id.desc(), RunProblem.id)
     ).all()
-    gone = _settled_keys(session, connector_id, [problem for problem, _ in rows])
+    settled = _settled_keys(session, connector_id, [problem for problem, _ in rows])
     seen: set[str] = set()
     messages = []
     for problem, started_at in rows:
@@ -138,7 +138,7 @@ def left_messages(session: Session, connector_id: int, run_ids: list[int]) -> li
             key = f"uid:{problem.uid}"
         else:
             key = f"problem:{problem.id}"
-        if key in seen or key in gone:
+        if key in seen or key in settled:
             continue
         seen.add(key)
         messages.append(LeftMessage(problem=problem, seen_at=started_at))
