@@ -189,7 +189,7 @@ def test_switch_to_email_drops_server_secrets(logged_in, services, ids) -> None:
             "password": "",
         },
     )
-    # The FTP password is no mailbox password, so the form asks for one.
+    # The FTP password is no mailbox password, so the form requires a new one.
     assert response.status_code == 200
     assert read_form(response.text).errors["password"] == [
         "Password is missing; enter the mailbox password."
