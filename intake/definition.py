@@ -78,7 +78,8 @@ def export_connector(connector: Connector) -> dict[str, Any]:
             if email and connector.auth_method == AuthMethod.OAUTH2 and connector.mail_account
             else None,
             "host": connector.host or None,
-            "port": connector.port,
+            # A folder under the file store has no server, so its unused port stays out.
+            "port": connector.port if connector.source_location != SourceLocation.FOLDER else None,
             "use_ssl": connector.use_ssl if email else None,
             "username": connector.username or None,
             "folder": connector.folder,
@@ -154,9 +155,13 @@ def apply_definition(
 
     source = data.get("source") or {"location": "email"}
     connector.source_location = SourceLocation(source["location"])
-    connector.auth_method = AuthMethod(source.get("authorization", "oauth2"))
+    reads_email = connector.source_location == SourceLocation.EMAIL
+    # A folder, FTP or SFTP source logs in with a password or key, never OAuth2.
+    connector.auth_method = AuthMethod(
+        source.get("authorization", "oauth2" if reads_email else "password")
+    )
     connector.host = str(source.get("host") or "")
-    connector.port = int(source.get("port") or (993 if source.get("use_ssl", True) else 143))
+    connector.port = int(source.get("port") or _default_port(connector.source_location, source))
     connector.use_ssl = bool(source.get("use_ssl", True))
     connector.username = str(source.get("username") or "")
     connector.folder = str(source.get("folder") or "INBOX")
@@ -212,11 +217,30 @@ def apply_definition(
     return connector
 
 
+def _default_port(location: SourceLocation, source: dict[str, Any]) -> int:
+    if location == SourceLocation.FTP:
+        return 21
+    if location == SourceLocation.SFTP:
+        return 22
+    return 993 if source.get("use_ssl", True) else 143
+
+
 def _check_quarantine_folder(connector: Connector) -> None:
-    """Reject a quarantine folder that is also the scanned folder or the Move to folder."""
+    """Reject a move or quarantine folder name with an empty level, or a reused folder."""
+    move_to = connector.move_to_folder
+    if move_to is not None and (problem := folder_name_problem(move_to)):
+        raise DefinitionError(
+            f"source.move_to: {move_to!r} {problem}; write the folder name as the server "
+            "separates sub-folders, such as INBOX/Processed"
+        )
     folder = connector.quarantine_folder
     if folder is None:
         return
+    if problem := folder_name_problem(folder):
+        raise DefinitionError(
+            f"source.quarantine_folder: {folder!r} {problem}; write the folder name as the "
+            "server separates sub-folders, such as Mailroom/Errors"
+        )
     if same_folder(folder, connector.folder):
         raise DefinitionError(
             f"source.quarantine_folder: {folder!r} is the folder this connector scans; "
@@ -228,6 +252,19 @@ def _check_quarantine_folder(connector: Connector) -> None:
             f"source.quarantine_folder: {folder!r} is also source.move_to, where processed "
             "e-mails go; choose a separate folder, such as Mailroom/Errors"
         )
+
+
+def folder_name_problem(folder: str) -> str | None:
+    """Return what is wrong with the hierarchy separators of an IMAP folder name, or None.
+
+    Servers such as Dovecot reject a name with an empty level, which "//" or a
+    "/" at either end makes.
+    """
+    if "//" in folder:
+        return 'contains "//", an empty folder level'
+    if folder.startswith("/") or folder.endswith("/"):
+        return 'starts or ends with "/", which leaves an empty folder level'
+    return None
 
 
 def same_folder(first: str, second: str) -> bool:

@@ -66,6 +66,17 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
             preview.error = f"Connector {connector_id} does not exist"
             return preview
         settings = ConnectorSettings.from_model(connector)
+    if settings.source_location != "email":
+        # TODO: list the files of a folder, FTP or SFTP source; only mailboxes are previewed.
+        kind = (
+            settings.source_location.upper() if settings.source_location != "folder" else "folder"
+        )
+        preview.error = (
+            f"Test Connector previews e-mail sources only, and this connector takes files from "
+            f"the {kind} path {settings.folder!r}. Click Run now to process the files, and "
+            "read the run's result on the connector page"
+        )
+        return preview
     preview.folder = settings.folder
     workdir = tempfile.mkdtemp(prefix="preview-", dir=ctx.store.work_root)
     try:

@@ -47,6 +47,11 @@ _SECRET_KEY = re.compile(
 )
 
 
+# The start of a pattern for an IMAP folder name without an empty level: no "//"
+# and no "/" at either end, which servers such as Dovecot reject.
+_NO_EMPTY_FOLDER_LEVEL = r"^(?!/)(?!.*//)(?!.*/$)"
+
+
 def _forbidden() -> dict[str, Any]:
     """Return a subschema that no value passes, for a key not allowed in a ``then``."""
     return {"not": {}}
@@ -162,19 +167,29 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                     "enum": ["delete", "move", "mark_seen"],
                     "default": "delete",
                 },
-                "move_to": {"type": "string", "minLength": 1},
+                "move_to": {
+                    "type": "string",
+                    "minLength": 1,
+                    "pattern": _NO_EMPTY_FOLDER_LEVEL + r".*$",
+                    "errorMessage": {
+                        "pattern": "{value} is not a folder name for processed e-mails. "
+                        'Write the IMAP folder name without "//" and without "/" at the '
+                        "start or end, such as INBOX/Processed."
+                    },
+                },
                 "quarantine_folder": {
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 255,
-                    # Printable ASCII without the LIST wildcards % and *.
-                    "pattern": r"^[ !-$&-)+-~]*$",
+                    # Printable ASCII without the LIST wildcards % and *, and no empty level.
+                    "pattern": _NO_EMPTY_FOLDER_LEVEL + r"[ !-$&-)+-~]*$",
                     "description": "IMAP folder that a quarantined e-mail moves to; "
                     "created if missing. Left out, it stays in the scanned folder.",
                     "errorMessage": {
                         "pattern": "{value} is not a folder name for quarantined e-mails. "
                         "Write an IMAP folder name in ASCII letters, digits and punctuation "
-                        "other than * and %, such as Mailroom/Errors."
+                        'other than * and %, without "//" and without "/" at the start or '
+                        "end, such as Mailroom/Errors."
                     },
                 },
                 "process_mail_after": {

@@ -451,7 +451,8 @@ QUARANTINE_SOURCE = (
 )
 QUARANTINE_FOLDER_HELP = (
     "is not a folder name for quarantined e-mails. Write an IMAP folder name in ASCII "
-    "letters, digits and punctuation other than * and %, such as Mailroom/Errors."
+    'letters, digits and punctuation other than * and %, without "//" and without "/" at '
+    "the start or end, such as Mailroom/Errors."
 )
 
 
@@ -461,11 +462,26 @@ QUARANTINE_FOLDER_HELP = (
         ("'Errors*'", "'Errors*'"),
         ("'50%'", "'50%'"),
         ("Fehler/Übersetzung", "'Fehler/Übersetzung'"),
+        ("Mailroom//Errors", "'Mailroom//Errors'"),
+        ("/Errors", "'/Errors'"),
+        ("Mailroom/", "'Mailroom/'"),
     ],
 )
 def test_parse_rejects_bad_quarantine_folder(value: str, shown: str) -> None:
     errors = parse_errors(QUARANTINE_SOURCE + f"  quarantine_folder: {value}\n")
     assert errors == [(8, f"source.quarantine_folder: {shown} {QUARANTINE_FOLDER_HELP}")]
+
+
+@pytest.mark.parametrize("value", ["INBOX//Done", "/Done", "Done/"])
+def test_parse_rejects_bad_move_to(value: str) -> None:
+    text = QUARANTINE_SOURCE + f"  after_processing: move\n  move_to: {value}\n"
+    errors = parse_errors(text)
+    assert len(errors) == 1
+    assert errors[0][1] == (
+        f"source.move_to: {value!r} is not a folder name for processed e-mails. Write the "
+        'IMAP folder name without "//" and without "/" at the start or end, such as '
+        "INBOX/Processed."
+    )
 
 
 def test_parse_accepts_quarantine_folder() -> None:

@@ -389,7 +389,12 @@ BAD_INPUTS = [
     ("job_kind", "invoice", 'Project or Quote "invoice" is not valid; choose Project or Quote.'),
     ("aggregation", "zip", 'Files Aggregation "zip" is not valid; choose Process every top '
      "level file separately, Process every e-mail separately or Process files in batches."),
-    ("files_location", "ftp", 'Files location "ftp" is not valid; choose E-mail.'),
+    (
+        "files_location",
+        "imap",
+        'Files location "imap" is not valid; choose E-mail, Folder under the file store, '
+        "FTP or SFTP.",
+    ),
     ("auth_method", "kerberos", 'Authorization method "kerberos" is not valid; choose OAuth2 or '
      "Password."),
     ("person_responsible", "999", 'Person Responsible "999" does not exist; choose a user from '

@@ -20,6 +20,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from wtforms import (
     BooleanField,
+    FormField,
     PasswordField,
     RadioField,
     SelectChoice,
@@ -30,7 +31,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, StopValidation, ValidationError
 
-from intake.definition import same_folder
+from intake.definition import folder_name_problem, same_folder
 from intake.failures import DEFAULT_MAX_ATTEMPTS
 from mailauth import Provider
 from models import (
@@ -45,6 +46,7 @@ from models import (
     Language,
     MailAccount,
     Service,
+    SourceLocation,
     Specialization,
     StoreRole,
     TokenStatus,
@@ -64,7 +66,7 @@ from .connector_fields import (
 from .connector_notifications import NotificationFields
 from .connector_robotcode import RobotCodeFields, RobotCodeMerge, merge_robot_code, source_errors
 from .connector_schedule import ScheduleFields
-from .connector_stores import StoreFields, check_store, saved_stores
+from .connector_stores import LocationForm, StoreFields, check_location, check_store, saved_stores
 
 JOB_KIND_CHOICES = [
     SelectChoice(JobKind.PROJECT.value, "Project"),
@@ -76,7 +78,14 @@ AGGREGATION_CHOICES = [
     SelectChoice(Aggregation.BATCH.value, "Process files in batches"),
 ]
 FILES_LOCATION_EMAIL = "email"
-FILES_LOCATION_CHOICES = [SelectChoice(FILES_LOCATION_EMAIL, "E-mail")]
+FILES_LOCATION_CHOICES = [
+    SelectChoice(FILES_LOCATION_EMAIL, "E-mail"),
+    SelectChoice(SourceLocation.FOLDER.value, "Folder under the file store"),
+    SelectChoice(SourceLocation.FTP.value, "FTP"),
+    SelectChoice(SourceLocation.SFTP.value, "SFTP"),
+]
+# The port saved when a location source leaves Port empty.
+STANDARD_PORTS = {SourceLocation.FTP.value: 21, SourceLocation.SFTP.value: 22}
 AUTH_METHOD_CHOICES = [
     SelectChoice(AuthMethod.OAUTH2.value, "OAuth2"),
     SelectChoice(AuthMethod.PASSWORD.value, "Password"),
@@ -150,7 +159,12 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         choices=FILES_LOCATION_CHOICES,
         default=FILES_LOCATION_EMAIL,
         validate_choice=False,
+        description="Where the connector looks for input files: a mailbox, a folder inside "
+        "the file store's locations folder, or a folder on an FTP or SFTP server.",
     )
+    # The server and path of a folder, FTP or SFTP source; the e-mail fields below
+    # are separate inputs, so switching the location in the form loses no value.
+    location_source = FormField(LocationForm, "Folder, FTP or SFTP server")
     auth_method = RadioField(
         "Authorization method",
         choices=AUTH_METHOD_CHOICES,
@@ -351,9 +365,37 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         return holders[0] if holders else None
 
     @property
+    def reads_email(self) -> bool:
+        """Return whether the chosen Files location is a mailbox, which the e-mail fields need."""
+        return self.files_location.data == FILES_LOCATION_EMAIL
+
+    @property
     def password_is_saved(self) -> bool:
         connector = self.context.connector
-        return connector is not None and connector.password_encrypted is not None
+        return (
+            connector is not None
+            and connector.source_location == SourceLocation.EMAIL
+            and connector.password_encrypted is not None
+        )
+
+    @property
+    def location_password_is_saved(self) -> bool:
+        """Return whether a folder, FTP or SFTP source has a saved server password."""
+        connector = self.context.connector
+        return (
+            connector is not None
+            and connector.source_location in (SourceLocation.FTP, SourceLocation.SFTP)
+            and connector.password_encrypted is not None
+        )
+
+    @property
+    def location_private_key_is_saved(self) -> bool:
+        connector = self.context.connector
+        return (
+            connector is not None
+            and connector.source_location == SourceLocation.SFTP
+            and connector.private_key_encrypted is not None
+        )
 
     # Field checks -------------------------------------------------------------
 
@@ -367,7 +409,8 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         require_choice(field, FILES_LOCATION_CHOICES)
 
     def validate_auth_method(self, field: RadioField) -> None:
-        require_choice(field, AUTH_METHOD_CHOICES)
+        if self.reads_email:
+            require_choice(field, AUTH_METHOD_CHOICES)
 
     def validate_name(self, field: StringField) -> None:
         query = sa.select(Connector.id).where(Connector.name == field.data)
@@ -382,6 +425,8 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         self.rows.client = self._row(Client, field, "a client")
 
     def validate_host(self, field: StringField) -> None:
+        if not self.reads_email:
+            return
         host = field.data or ""
         if not host:
             raise ValidationError(
@@ -394,6 +439,10 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_port(self, field: WholeNumberField) -> None:
+        if not self.reads_email:
+            # A location source has its own Port, so this one is neither checked nor saved.
+            field.errors = []
+            raise StopValidation()
         if field.process_errors:
             raise StopValidation()
         if field.data is None:
@@ -405,6 +454,8 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_username(self, field: StringField) -> None:
+        if not self.reads_email:
+            return
         if not field.data:
             raise ValidationError(
                 "Username is missing; enter the mailbox login, usually its e-mail address."
@@ -415,6 +466,8 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_folder(self, field: StringField) -> None:
+        if not self.reads_email:
+            return
         if len(field.data) > 255 or CONTROL_CHARACTERS.search(field.data):
             raise ValidationError(
                 f'Folder "{field.data[:80]}" is not a valid folder name; use at most 255 '
@@ -422,10 +475,11 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_after_processing(self, field: RadioField) -> None:
-        require_choice(field, AFTER_PROCESSING_CHOICES)
+        if self.reads_email:
+            require_choice(field, AFTER_PROCESSING_CHOICES)
 
     def validate_move_to_folder(self, field: StringField) -> None:
-        if self.after_processing.data != AfterProcessing.MOVE.value:
+        if not self.reads_email or self.after_processing.data != AfterProcessing.MOVE.value:
             return
         folder = field.data or ""
         if not folder:
@@ -438,6 +492,12 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
                 f'Move to folder "{folder[:80]}" is not a valid folder name; use at most 255 '
                 "characters without line breaks, e.g. INBOX/Processed."
             )
+        problem = folder_name_problem(folder)
+        if problem:
+            raise ValidationError(
+                f'Move to folder "{folder}" {problem}; write the folder name as the server '
+                "separates sub-folders, e.g. INBOX/Processed."
+            )
         if folder == self.folder.data:
             raise ValidationError(
                 f'Move to folder "{folder}" is the folder this connector scans; enter another '
@@ -446,7 +506,7 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
 
     def validate_quarantine_folder(self, field: StringField) -> None:
         folder = field.data or ""
-        if not folder:
+        if not folder or not self.reads_email:
             return
         if len(folder) > 255 or CONTROL_CHARACTERS.search(folder):
             raise ValidationError(
@@ -463,6 +523,12 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
                 f'Quarantine folder "{folder}" contains * or %, which IMAP reads as wildcards '
                 "when it looks the folder up; remove them, e.g. Mailroom/Errors."
             )
+        problem = folder_name_problem(folder)
+        if problem:
+            raise ValidationError(
+                f'Quarantine folder "{folder}" {problem}; write the folder name as the server '
+                "separates sub-folders, e.g. Mailroom/Errors, or leave it empty."
+            )
         if same_folder(folder, self.folder.data or "INBOX"):
             raise ValidationError(
                 f'Quarantine folder "{folder}" is the folder this connector scans; enter '
@@ -477,6 +543,9 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_process_mail_after(self, field: UtcDateTimeField) -> None:
+        if not self.reads_email:
+            field.errors = []
+            raise StopValidation()
         if field.process_errors:
             raise StopValidation()
 
@@ -495,7 +564,7 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
             )
 
     def validate_oauth_client_id(self, field: StringField) -> None:
-        if field.data and len(field.data) > 512:
+        if self.reads_email and field.data and len(field.data) > 512:
             raise ValidationError(
                 f"Client Id has {len(field.data)} characters; shorten it to at most 512."
             )
@@ -553,10 +622,13 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         super().validate(extra_validators)
         self._check_budget_code()
         self._check_languages()
-        if self.auth_method.data == AuthMethod.OAUTH2.value:
-            self._check_oauth2()
-        elif self.auth_method.data == AuthMethod.PASSWORD.value:
-            self._check_password()
+        if self.reads_email:
+            if self.auth_method.data == AuthMethod.OAUTH2.value:
+                self._check_oauth2()
+            elif self.auth_method.data == AuthMethod.PASSWORD.value:
+                self._check_password()
+        elif not self.files_location.errors:
+            self._check_location_source()
         for role, section in self.store_sections():
             check_store(section.form, self.saved_stores.get(role))
         for message in [*merge.errors, *source_errors(self, merge)]:
@@ -584,6 +656,19 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
                 self.target_languages,
                 f"Target Languages include the source language {source}; remove it.",
             )
+
+    def _check_location_source(self) -> None:
+        if self.generate_token.data:
+            add_error(
+                self.files_location,
+                "Generate new token works only when Files location is E-mail; click Save instead.",
+            )
+        check_location(
+            self.location_source.form,
+            self.files_location.data,
+            saved_password=self.location_password_is_saved,
+            saved_private_key=self.location_private_key_is_saved,
+        )
 
     def _check_password(self) -> None:
         if self.generate_token.data:

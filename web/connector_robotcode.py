@@ -261,6 +261,13 @@ def _to(name: str) -> Converter:
     return convert
 
 
+def _to_both(name: str, other_name: str) -> Converter:
+    def convert(session: Session, value: Any) -> dict[str, Any]:
+        return {name: value, other_name: value}
+
+    return convert
+
+
 def _example(session: Session, column: Any) -> str:
     first = session.scalar(sa.select(column).order_by(column).limit(1))
     return f", such as {first!r}" if first is not None else ""
@@ -350,16 +357,21 @@ def _leaves() -> Iterator[tuple[Path, Converter]]:
         ("location", "files_location"),
         ("authorization", "auth_method"),
         ("provider", "provider"),
-        ("host", "host"),
-        ("port", "port"),
         ("use_ssl", "use_ssl"),
-        ("username", "username"),
-        ("folder", "folder"),
         ("after_processing", "after_processing"),
         ("move_to", "move_to_folder"),
         ("quarantine_folder", "quarantine_folder"),
     ):
         yield ("source", key), _to(name)
+    # The mailbox and the folder, FTP or SFTP source have separate inputs, and the
+    # chosen Files location decides which of the two the form checks and saves.
+    for key, name, location_name in (
+        ("host", "host", "host"),
+        ("port", "port", "port"),
+        ("username", "username", "username"),
+        ("folder", "folder", "path"),
+    ):
+        yield ("source", key), _to_both(name, f"location_source-{location_name}")
     yield ("source", "process_mail_after"), _process_mail_after
 
     for key in ("include_inline_images", "unpack_zip", "max_attempts"):

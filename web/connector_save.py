@@ -16,12 +16,13 @@ from models import (
     Connector,
     JobKind,
     MailAccount,
+    SourceLocation,
     StoreRole,
     TokenStatus,
 )
 
 from .connector_fields import id_text
-from .connector_forms import FILES_LOCATION_EMAIL, ConnectorForm
+from .connector_forms import STANDARD_PORTS, ConnectorForm
 from .connector_notifications import notification_initial_data
 from .connector_robotcode import robot_code_text
 from .connector_schedule import (
@@ -30,7 +31,12 @@ from .connector_schedule import (
     planned_next_run,
     schedule_initial_data,
 )
-from .connector_stores import apply_stores, saved_stores, store_initial_data
+from .connector_stores import (
+    apply_stores,
+    copy_server_secrets,
+    saved_stores,
+    store_initial_data,
+)
 
 
 def initial_data(connector: Connector | None) -> dict[str, Any]:
@@ -46,6 +52,23 @@ def initial_data(connector: Connector | None) -> dict[str, Any]:
     options = connector.options or {}
     session = Session.object_session(connector)
     stores = saved_stores(session, connector) if session is not None else {}
+    email = connector.source_location == SourceLocation.EMAIL
+    # Each kind of source fills only its own inputs; the others keep their defaults.
+    mailbox: dict[str, Any] = {
+        "host": connector.host,
+        "port": connector.port,
+        "use_ssl": connector.use_ssl,
+        "username": connector.username,
+        "folder": connector.folder,
+    }
+    location_source = {
+        "host": connector.host,
+        "port": connector.port if connector.source_location != SourceLocation.FOLDER else None,
+        "username": connector.username,
+        "known_host_key": connector.known_host_key or "",
+        "ftp_tls": connector.ftp_tls,
+        "path": connector.folder,
+    }
     return {
         "job_kind": connector.job_kind.value,
         "name": connector.name,
@@ -53,14 +76,11 @@ def initial_data(connector: Connector | None) -> dict[str, Any]:
         "client": str(connector.client_id),
         "budget_code": connector.budget_code or "",
         "aggregation": connector.aggregation.value,
-        "files_location": FILES_LOCATION_EMAIL,
+        "files_location": connector.source_location.value,
         "auth_method": connector.auth_method.value,
         "provider": account.provider if account else "",
-        "host": connector.host,
-        "port": connector.port,
-        "use_ssl": connector.use_ssl,
-        "username": connector.username,
-        "folder": connector.folder,
+        **(mailbox if email else {}),
+        "location_source": {} if email else location_source,
         "after_processing": connector.after_processing.value,
         "move_to_folder": connector.move_to_folder or "",
         "process_mail_after": connector.process_mail_after,
@@ -92,7 +112,7 @@ def apply_form(
     rows need its id. The caller commits.
     """
     rows = form.rows
-    port = form.port.data
+    port = form.port.data if form.reads_email else 0
     max_attempts = form.max_attempts.data
     merge = form.robot_code_merge
     if rows.client is None or port is None or max_attempts is None or merge is None:
@@ -109,17 +129,10 @@ def apply_form(
     connector.client = rows.client
     connector.budget_code = form.budget_code.data or None
     connector.aggregation = Aggregation(form.aggregation.data)
-    connector.auth_method = AuthMethod(form.auth_method.data)
-    connector.host = form.host.data
-    connector.port = port
-    connector.use_ssl = form.use_ssl.data
-    connector.username = form.username.data
-    connector.folder = form.folder.data or "INBOX"
-    connector.after_processing = AfterProcessing(form.after_processing.data)
-    moving = connector.after_processing == AfterProcessing.MOVE
-    connector.move_to_folder = form.move_to_folder.data if moving else None
-    connector.quarantine_folder = form.quarantine_folder.data or None
-    connector.process_mail_after = form.process_mail_after.data
+    if form.reads_email:
+        _apply_mailbox(form, connector, port, box)
+    else:
+        _apply_location_source(form, connector, box)
     connector.person_responsible = rows.person_responsible
     connector.source_language = rows.source_language
     connector.target_languages = rows.target_languages
@@ -149,6 +162,32 @@ def apply_form(
         saved_schedule, connector.interval_minutes, weekly, now
     )
 
+    session.flush()
+    apply_stores(session, connector, form.store_sections(), form.saved_stores, box)
+    return connector
+
+
+def _apply_mailbox(form: ConnectorForm, connector: Connector, port: int, box: SecretBox) -> None:
+    """Copy the e-mail source fields, and drop the server settings of a former location source."""
+    if connector.source_location != SourceLocation.EMAIL:
+        # A server password or key is no mailbox password.
+        connector.password_encrypted = None
+    connector.source_location = SourceLocation.EMAIL
+    connector.private_key_encrypted = None
+    connector.known_host_key = None
+    connector.ftp_tls = False
+    connector.auth_method = AuthMethod(form.auth_method.data)
+    connector.host = form.host.data
+    connector.port = port
+    connector.use_ssl = form.use_ssl.data
+    connector.username = form.username.data
+    connector.folder = form.folder.data or "INBOX"
+    connector.after_processing = AfterProcessing(form.after_processing.data)
+    moving = connector.after_processing == AfterProcessing.MOVE
+    connector.move_to_folder = form.move_to_folder.data if moving else None
+    connector.quarantine_folder = form.quarantine_folder.data or None
+    connector.process_mail_after = form.process_mail_after.data
+
     if connector.auth_method == AuthMethod.OAUTH2:
         connector.mail_account = _save_account(form, box)
         # The mailbox now logs in with a token, so a stored password would only linger.
@@ -158,9 +197,36 @@ def apply_form(
         if form.password.data:
             connector.password_encrypted = box.encrypt(form.password.data)
 
-    session.flush()
-    apply_stores(session, connector, form.store_sections(), form.saved_stores, box)
-    return connector
+
+def _apply_location_source(form: ConnectorForm, connector: Connector, box: SecretBox) -> None:
+    """Copy the folder, FTP or SFTP source fields and clear the mailbox-only settings."""
+    fields = form.location_source.form
+    kind = SourceLocation(form.files_location.data)
+    if connector.source_location == SourceLocation.EMAIL:
+        # A mailbox password is no server password.
+        connector.password_encrypted = None
+    connector.source_location = kind
+    connector.folder = fields.path.data
+    connector.mail_account = None
+    # A location source logs in with a password or key; the IMAP settings do not apply.
+    connector.auth_method = AuthMethod.PASSWORD
+    connector.use_ssl = False
+    connector.after_processing = AfterProcessing.DELETE
+    connector.move_to_folder = None
+    connector.quarantine_folder = None
+    connector.process_mail_after = None
+    if kind == SourceLocation.FOLDER:
+        # No server: port 0 reads as "no port" where the run builds its settings.
+        connector.host = connector.username = ""
+        connector.port = 0
+        connector.password_encrypted = connector.private_key_encrypted = None
+        connector.known_host_key = None
+        connector.ftp_tls = False
+        return
+    connector.host = fields.host.data
+    connector.port = fields.port.data or STANDARD_PORTS[kind.value]
+    connector.username = fields.username.data
+    copy_server_secrets(fields, connector, kind, box)
 
 
 def _save_account(form: ConnectorForm, box: SecretBox) -> MailAccount:

@@ -54,12 +54,13 @@ STORE_FIELD_NAMES = {StoreRole.SUCCESS: "store_success", StoreRole.ERROR: "store
 MAX_PATH_CHARS = 1024
 
 
-class StoreForm(Form):
-    """One store section. The checks that need the saved row run in check_store."""
+class LocationForm(Form):
+    """The server and path of a folder, FTP or SFTP location, without the choice of kind.
 
-    location = SelectField(
-        "Location", choices=STORE_LOCATION_CHOICES, default=STORE_NOWHERE, validate_choice=False
-    )
+    Store sections and a connector's location source share these fields and
+    their checks in check_location.
+    """
+
     host = StringField("Host Name", filters=[strip_text], description="FTP and SFTP only.")
     port = WholeNumberField(
         "Port",
@@ -93,6 +94,14 @@ class StoreForm(Form):
         description="For a folder: a folder inside the file store's locations folder, e.g. "
         "translations/done. For FTP and SFTP: the folder on the server; a relative path "
         "starts at the login folder.",
+    )
+
+
+class StoreForm(LocationForm):
+    """One store section. The checks that need the saved row run in check_store."""
+
+    location = SelectField(
+        "Location", choices=STORE_LOCATION_CHOICES, default=STORE_NOWHERE, validate_choice=False
     )
 
 
@@ -144,34 +153,49 @@ def check_store(store: StoreForm, saved: ConnectorStore | None) -> None:
     except ValidationError as error:
         add_error(store.location, str(error))
         return
-    location = store.location.data
-    if location == STORE_NOWHERE:
+    if store.location.data == STORE_NOWHERE:
         return
-    _check_path(store, location)
+    check_location(
+        store,
+        store.location.data,
+        saved_password=saved is not None and saved.password_encrypted is not None,
+        saved_private_key=saved is not None and saved.private_key_encrypted is not None,
+    )
+
+
+def check_location(
+    fields: LocationForm, location: str, *, saved_password: bool, saved_private_key: bool
+) -> None:
+    """Add an error to each field of ``fields`` that a ``location`` of this kind cannot use.
+
+    ``location`` is folder, ftp or sftp. The saved flags say whether an empty
+    password or key input keeps a stored secret.
+    """
+    _check_path(fields, location)
     if location == SourceLocation.FOLDER.value:
         return
 
-    _check_host(store)
-    _check_port(store)
-    username = store.username.data or ""
+    _check_host(fields)
+    _check_port(fields)
+    username = fields.username.data or ""
     if not username:
         add_error(
-            store.username,
+            fields.username,
             "Username is missing; enter the login of the server account "
             "(anonymous for an anonymous FTP server).",
         )
     elif len(username) > 254:
-        add_error(store.username, f"Username has {len(username)} characters; shorten it to 254.")
+        add_error(fields.username, f"Username has {len(username)} characters; shorten it to 254.")
     if location == SourceLocation.FTP.value:
-        if store.private_key.data:
+        if fields.private_key.data:
             add_error(
-                store.private_key, "Private key is used only with SFTP; clear it or choose SFTP."
+                fields.private_key, "Private key is used only with SFTP; clear it or choose SFTP."
             )
         return
-    _check_sftp(store, saved)
+    _check_sftp(fields, saved_password, saved_private_key)
 
 
-def _check_path(store: StoreForm, location: str) -> None:
+def _check_path(store: LocationForm, location: str) -> None:
     path = store.path.data or ""
     if not path:
         if location == SourceLocation.FOLDER.value:
@@ -197,7 +221,7 @@ def _check_path(store: StoreForm, location: str) -> None:
             )
 
 
-def _check_host(store: StoreForm) -> None:
+def _check_host(store: LocationForm) -> None:
     host = store.host.data or ""
     if not host:
         add_error(
@@ -211,7 +235,7 @@ def _check_host(store: StoreForm) -> None:
         )
 
 
-def _check_port(store: StoreForm) -> None:
+def _check_port(store: LocationForm) -> None:
     port = store.port.data
     if store.port.process_errors or port is None:
         return
@@ -223,7 +247,7 @@ def _check_port(store: StoreForm) -> None:
         )
 
 
-def _check_sftp(store: StoreForm, saved: ConnectorStore | None) -> None:
+def _check_sftp(store: LocationForm, saved_password: bool, saved_private_key: bool) -> None:
     known_host_key = store.known_host_key.data or ""
     if not known_host_key:
         add_error(
@@ -247,15 +271,9 @@ def _check_sftp(store: StoreForm, saved: ConnectorStore | None) -> None:
             load_private_key(store.private_key.data)
         except LocationError as error:
             add_error(store.private_key, str(error))
-    has_password = bool(store.password.data) or (
-        saved is not None
-        and saved.password_encrypted is not None
-        and not store.forget_password.data
-    )
+    has_password = bool(store.password.data) or (saved_password and not store.forget_password.data)
     has_key = bool(store.private_key.data) or (
-        saved is not None
-        and saved.private_key_encrypted is not None
-        and not store.forget_private_key.data
+        saved_private_key and not store.forget_private_key.data
     )
     if not has_password and not has_key:
         add_error(
@@ -298,20 +316,31 @@ def _copy_store(store: StoreForm, row: ConnectorStore, box: SecretBox) -> None:
     row.host = store.host.data
     row.port = store.port.data
     row.username = store.username.data
-    row.ftp_tls = row.location == SourceLocation.FTP and bool(store.ftp_tls.data)
-    if store.forget_password.data:
-        row.password_encrypted = None
-    if store.password.data:
-        row.password_encrypted = box.encrypt(store.password.data)
-    if row.location == SourceLocation.SFTP:
-        row.known_host_key = store.known_host_key.data or None
-        if store.forget_private_key.data:
-            row.private_key_encrypted = None
-        if store.private_key.data:
-            row.private_key_encrypted = box.encrypt(store.private_key.data)
+    copy_server_secrets(store, row, row.location, box)
+
+
+def copy_server_secrets(
+    fields: LocationForm, target: Connector | ConnectorStore, kind: SourceLocation, box: SecretBox
+) -> None:
+    """Copy the password, private key, host key and TLS choice of an FTP or SFTP location.
+
+    An empty password or key input keeps the saved secret unless its Remove
+    box is checked, and settings of the other kind are cleared.
+    """
+    target.ftp_tls = kind == SourceLocation.FTP and bool(fields.ftp_tls.data)
+    if fields.forget_password.data:
+        target.password_encrypted = None
+    if fields.password.data:
+        target.password_encrypted = box.encrypt(fields.password.data)
+    if kind == SourceLocation.SFTP:
+        target.known_host_key = fields.known_host_key.data or None
+        if fields.forget_private_key.data:
+            target.private_key_encrypted = None
+        if fields.private_key.data:
+            target.private_key_encrypted = box.encrypt(fields.private_key.data)
     else:
-        row.known_host_key = None
-        row.private_key_encrypted = None
+        target.known_host_key = None
+        target.private_key_encrypted = None
 
 
 def describe_store(row: ConnectorStore | None) -> str:

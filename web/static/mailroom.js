@@ -317,6 +317,20 @@
   }
 
   /*
+   * Show only the inputs that the chosen Files location uses: the mailbox
+   * settings for E-mail, the server and path settings for the others.
+   */
+  function connectFilesLocation(form) {
+    var select = form.querySelector("select[data-files-location-select]");
+    if (!select) {
+      return;
+    }
+    showMatching(form, [select], "data-files-location", function () {
+      return select.value;
+    });
+  }
+
+  /*
    * Post the Test Connector form in the background and show the returned
    * fragment in the dialog that the form's data-test-connector names. The
    * fragment comes from the server's own template, which escapes every value.
@@ -389,5 +403,6 @@
     connectRadios(form, "after_processing", "data-after-processing");
     connectRadios(form, "schedule_kind", "data-schedule");
     connectStores(form);
+    connectFilesLocation(form);
   });
 })();
