@@ -97,13 +97,17 @@ class LocationRun:
         self.workdir = workdir
         self.lock = lock
 
-    def process(self) -> None:
+    def process(self, only_keys: list[int] | None = None) -> None:
+        """Process every unit, or only those of ``only_keys`` (Finish Test)."""
         with open_location(
             source_settings(self.ctx, self.settings), folder_root=self.ctx.locations_root
         ) as location:
             units = location.list_units()
+            if only_keys is not None:
+                wanted = set(only_keys)
+                units = [unit for unit in units if unit_key(unit) in wanted]
             self.outcome.messages_seen = len(units)
-            states = self._ledger([unit_key(unit) for unit in units])
+            states = self.ledger_states([unit_key(unit) for unit in units])
             prepared: list[tuple[PreparedMessage, Unit]] = []
             for unit in units:
                 key = unit_key(unit)
@@ -115,7 +119,7 @@ class LocationRun:
                 if not location.is_stable(unit, quiet_seconds=self.ctx.location_quiet_seconds):
                     self.outcome.messages_skipped += 1
                     continue
-                message = self._prepare(location, unit, key)
+                message = self.prepare_unit(location, unit, key)
                 if message is not None:
                     prepared.append((message, unit))
                 if self.lock is not None:
@@ -126,7 +130,7 @@ class LocationRun:
                 for item in prepared:
                     self._commit(location, [item])
 
-    def _ledger(self, keys: list[int]) -> dict[int, LedgerState]:
+    def ledger_states(self, keys: list[int]) -> dict[int, LedgerState]:
         if not keys:
             return {}
         with self.ctx.db.session() as session:
@@ -139,7 +143,7 @@ class LocationRun:
             )
             return {int(uid): state for uid, state in rows}
 
-    def _prepare(self, location: Location, unit: Unit, key: int) -> PreparedMessage | None:
+    def prepare_unit(self, location: Location, unit: Unit, key: int) -> PreparedMessage | None:
         target = self.workdir / f"unit-{key}"
         target.mkdir(parents=True, exist_ok=True)
         paths = location.download(unit, target)

@@ -13,12 +13,13 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from extraction import ExtractionOptions, extract_files
 from imapsession import MailboxError, MailboxSession
+from locations import LocationError, open_location
 from mailauth import TokenError
 from models import Aggregation, AuthMethod, Connector, RunStatus
 from robotcode import rules
@@ -26,6 +27,7 @@ from robotcode import rules
 from .context import IntakeContext
 from .email_source import LARGE_MESSAGE_BYTES, MailboxRun, batches
 from .jobs import ConnectorSettings
+from .location_source import LOCATION_UIDVALIDITY, LocationRun, source_settings, unit_key
 from .outcome import RunOutcome
 from .run import TestSelection, login
 
@@ -67,16 +69,7 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
             return preview
         settings = ConnectorSettings.from_model(connector)
     if settings.source_location != "email":
-        # TODO: list the files of a folder, FTP or SFTP source; only mailboxes are previewed.
-        kind = (
-            settings.source_location.upper() if settings.source_location != "folder" else "folder"
-        )
-        preview.error = (
-            f"Test Connector previews e-mail sources only, and this connector takes files from "
-            f"the {kind} path {settings.folder!r}. Click Run now to process the files, and "
-            "read the run's result on the connector page"
-        )
-        return preview
+        return _preview_location(ctx, settings, preview)
     preview.folder = settings.folder
     workdir = tempfile.mkdtemp(prefix="preview-", dir=ctx.store.work_root)
     try:
@@ -120,6 +113,61 @@ def preview_connector(ctx: IntakeContext, connector_id: int) -> Preview:
                 preview.jobs = [f"{settings.name}: one job with all files"]
             preview.token = _remember(ctx, connector_id, mailbox.uidvalidity, waiting)
     except (MailboxError, TokenError) as exc:
+        preview.error = str(exc)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return preview
+
+
+def _preview_location(ctx: IntakeContext, settings: ConnectorSettings, preview: Preview) -> Preview:
+    """List a folder, FTP or SFTP source and what its files would make, changing nothing.
+
+    Each top-level file or folder is one unit, shown like one e-mail: its name
+    in place of the subject, its files, and the job it would make. Units are
+    read into a temporary folder and left where they are.
+    """
+    preview.folder = settings.folder
+    workdir = Path(tempfile.mkdtemp(prefix="preview-", dir=ctx.store.work_root))
+    try:
+        scan = LocationRun(ctx, settings, 0, RunOutcome(0, RunStatus.RUNNING), workdir, None)
+        with open_location(
+            source_settings(ctx, settings), folder_root=ctx.locations_root
+        ) as location:
+            if settings.source_location == "folder":
+                preview.connection = f"Listed the folder {settings.folder!r} of the file store"
+            else:
+                preview.connection = (
+                    f"Logged in to {settings.source_location.upper()} server "
+                    f"{settings.host}:{settings.port} as {settings.username}, "
+                    f"path {settings.folder!r}"
+                )
+            units = location.list_units()
+            states = scan.ledger_states([unit_key(unit) for unit in units])
+            waiting = [unit for unit in units if unit_key(unit) not in states][:PREVIEW_LIMIT]
+            preview.total = len(units)
+            for unit in waiting:
+                key = unit_key(unit)
+                described = PreviewMessage(
+                    uid=key,
+                    sender=None,
+                    subject=unit.name,
+                    date=datetime.fromtimestamp(unit.mtime, UTC),
+                )
+                message = scan.prepare_unit(location, unit, key)
+                if message is None:
+                    described.note = "No file to make a job from; it would stay where it is"
+                else:
+                    described.files = [(f.name, f.size) for f in message.files]
+                    if settings.aggregation != Aggregation.BATCH:
+                        described.jobs = [unit.name]
+                preview.messages.append(described)
+        if settings.aggregation == Aggregation.BATCH and any(m.files for m in preview.messages):
+            preview.jobs = [f"{settings.name}: one job with all files"]
+        preview.token = _remember(
+            ctx, connector_id=settings.id, uidvalidity=LOCATION_UIDVALIDITY,
+            uids=[unit_key(unit) for unit in waiting],
+        )  # fmt: skip
+    except LocationError as exc:
         preview.error = str(exc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

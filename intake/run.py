@@ -144,7 +144,9 @@ def _run(
                 "out of the quarantine folder by hand"
             )
         if settings.source_location != "email":
-            LocationRun(ctx, settings, run_id, outcome, workdir, lock).process()
+            LocationRun(ctx, settings, run_id, outcome, workdir, lock).process(
+                only.uids if only is not None else None
+            )
         else:
             with login(ctx, settings) as mailbox:
                 if only is not None and only.uidvalidity != mailbox.uidvalidity:

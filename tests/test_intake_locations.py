@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from devservers.ftp_server import FtpServer
 from devservers.sftp_server import SftpServer
 from intake import run_connector
+from intake.preview import preview_connector, take_selection
 from models import (
     Aggregation,
     AuthMethod,
@@ -216,3 +217,57 @@ def test_unreachable_source_fails_the_run(services, seeded, ctx) -> None:
     outcome = run_connector(ctx, connector_id, "manual")
     assert outcome.status == RunStatus.FAILED
     assert "127.0.0.1" in outcome.error
+
+
+def test_test_connector_on_folder_then_finish_test(services, seeded, ctx) -> None:
+    inbox = ctx.locations_root / "tested"
+    (inbox / "Batch 9").mkdir(parents=True)
+    (inbox / "Leaflet.pdf").write_bytes(PDF_BYTES)
+    (inbox / "Batch 9" / "part 1.pdf").write_bytes(PDF_BYTES + b"1")
+    (inbox / "empty").mkdir()
+    connector_id = _connector(services, source_location=SourceLocation.FOLDER, folder="tested")
+    _settle()
+
+    preview = preview_connector(ctx, connector_id)
+
+    assert preview.error is None
+    assert preview.connection == "Listed the folder 'tested' of the file store"
+    assert preview.total == 3
+    described = {message.subject: message for message in preview.messages}
+    assert described["Leaflet.pdf"].files == [("Leaflet.pdf", len(PDF_BYTES))]
+    assert described["Leaflet.pdf"].jobs == ["Leaflet.pdf"]
+    assert described["Batch 9"].files == [("Batch 9/part 1.pdf", len(PDF_BYTES) + 1)]
+    assert described["empty"].files == []
+    assert described["empty"].note.startswith("No file to make a job from")
+    # The preview changed nothing.
+    assert sorted(path.name for path in inbox.iterdir()) == ["Batch 9", "Leaflet.pdf", "empty"]
+    assert _jobs(services) == []
+
+    # A file that arrives after the preview is not part of Finish Test.
+    (inbox / "Later.pdf").write_bytes(PDF_BYTES)
+    _settle()
+    selection = take_selection(ctx, connector_id, preview.token)
+    assert selection is not None
+    outcome = run_connector(ctx, connector_id, "test", only=selection)
+    assert outcome.messages_seen == 3
+    assert sorted(_jobs(services)) == [
+        ("Batch 9", ["Batch 9/part 1.pdf"]),
+        ("Leaflet.pdf", ["Leaflet.pdf"]),
+    ]
+    assert sorted(path.name for path in inbox.iterdir()) == ["Later.pdf", "empty"]
+
+
+def test_test_connector_names_an_unreachable_ftp_server(services, seeded, ctx) -> None:
+    connector_id = _connector(
+        services,
+        source_location=SourceLocation.FTP,
+        host="127.0.0.1",
+        port=9,
+        username=FTP_USER,
+        password_encrypted=services.box.encrypt(FTP_PASSWORD),
+        folder="incoming",
+    )
+    preview = preview_connector(ctx, connector_id)
+    assert preview.error is not None
+    assert "127.0.0.1" in preview.error
+    assert preview.token is None

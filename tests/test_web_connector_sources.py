@@ -501,11 +501,16 @@ def test_folder_source_from_form_runs(logged_in, services, ids) -> None:
     assert list(inbox.iterdir()) == []
 
 
-def test_test_connector_explains_location_source(logged_in, services, ids) -> None:
+def test_test_connector_lists_location_source(logged_in, services, ids) -> None:
     submit(logged_in, NEW, folder_fields(ids))
     connector_id = connector_named(services, "Shared folder").id
+    inbox = services.intake_context().locations_root / "incoming" / "orders"
+    inbox.mkdir(parents=True)
+    (inbox / "Leaflet.pdf").write_bytes(PDF_BYTES)
     token = csrf_token(logged_in, f"{BASE}/{connector_id}")
     response = logged_in.post(f"{BASE}/{connector_id}/test", data={"csrf_token": token})
     assert response.status_code == 200
-    assert "Test Connector previews e-mail sources only" in response.text
-    assert "incoming/orders" in response.text
+    assert "Listed the folder &#39;incoming/orders&#39; of the file store" in response.text
+    assert "Leaflet.pdf" in response.text
+    assert "Finish Test" in response.text
+    assert (inbox / "Leaflet.pdf").exists()
