@@ -52,6 +52,8 @@ def _store(connector: Connector, role: StoreRole) -> dict[str, Any] | None:
             "host": row.host,
             "port": row.port,
             "username": row.username,
+            "ftp_tls": True if row.location == SourceLocation.FTP and row.ftp_tls else None,
+            "known_host_key": row.known_host_key if row.location == SourceLocation.SFTP else None,
         }
     )
 
@@ -90,6 +92,12 @@ def export_connector(connector: Connector) -> dict[str, Any]:
             "quarantine_folder": connector.quarantine_folder if email else None,
             "process_mail_after": connector.process_mail_after.isoformat()
             if connector.process_mail_after
+            else None,
+            "ftp_tls": True
+            if connector.source_location == SourceLocation.FTP and connector.ftp_tls
+            else None,
+            "known_host_key": connector.known_host_key
+            if connector.source_location == SourceLocation.SFTP
             else None,
         }
     )
@@ -168,6 +176,8 @@ def apply_definition(
     connector.after_processing = AfterProcessing(source.get("after_processing", "delete"))
     connector.move_to_folder = source.get("move_to")
     connector.quarantine_folder = source.get("quarantine_folder")
+    connector.ftp_tls = bool(source.get("ftp_tls", False))
+    connector.known_host_key = source.get("known_host_key")
     _check_quarantine_folder(connector)
     after = source.get("process_mail_after")
     connector.process_mail_after = datetime.fromisoformat(after) if after else None
@@ -296,3 +306,5 @@ def _apply_stores(session: Session, connector: Connector, data: dict[str, Any]) 
         row.host = values.get("host")
         row.port = values.get("port")
         row.username = values.get("username")
+        row.ftp_tls = bool(values.get("ftp_tls", False))
+        row.known_host_key = values.get("known_host_key")

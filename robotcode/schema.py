@@ -57,6 +57,26 @@ def _forbidden() -> dict[str, Any]:
     return {"not": {}}
 
 
+def _server_only_settings() -> list[dict[str, Any]]:
+    """Return the rules that keep ``ftp_tls`` to FTP and ``known_host_key`` to SFTP."""
+    return [
+        {
+            "if": {
+                "properties": {"location": {"not": {"const": "ftp"}}},
+                "required": ["location"],
+            },
+            "then": {"properties": {"ftp_tls": _forbidden()}},
+        },
+        {
+            "if": {
+                "properties": {"location": {"not": {"const": "sftp"}}},
+                "required": ["location"],
+            },
+            "then": {"properties": {"known_host_key": _forbidden()}},
+        },
+    ]
+
+
 def _string_list(description: str) -> dict[str, Any]:
     return {
         "type": "array",
@@ -145,6 +165,17 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
             "address, without a scheme, user name or password.",
         },
         "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "ftp_tls": {
+            "type": "boolean",
+            "default": False,
+            "description": "FTP only: use explicit TLS (FTPS).",
+        },
+        "known_host_key": {
+            "type": "string",
+            "minLength": 1,
+            "description": "SFTP only: the server's public key as one known_hosts line, "
+            "such as the output of ssh-keyscan.",
+        },
         "source": {
             "type": "object",
             "additionalProperties": False,
@@ -197,6 +228,8 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                     "format": "date-time",
                     "description": "Mail older than this is ignored on first activation.",
                 },
+                "ftp_tls": {"$ref": "#/$defs/ftp_tls"},
+                "known_host_key": {"$ref": "#/$defs/known_host_key"},
             },
             "allOf": [
                 {
@@ -261,6 +294,7 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                         },
                     },
                 },
+                *_server_only_settings(),
                 {
                     "if": {
                         "properties": {"after_processing": {"const": "move"}},
@@ -288,6 +322,8 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                 "host": {"$ref": "#/$defs/host"},
                 "port": {"$ref": "#/$defs/port"},
                 "username": {"type": "string", "minLength": 1, "maxLength": 254},
+                "ftp_tls": {"$ref": "#/$defs/ftp_tls"},
+                "known_host_key": {"$ref": "#/$defs/known_host_key"},
             },
             "allOf": [
                 {
@@ -297,6 +333,7 @@ ROBOT_CODE_SCHEMA: dict[str, Any] = {
                     },
                     "then": {"required": ["path"]},
                 },
+                *_server_only_settings(),
                 {
                     "if": {
                         "properties": {"location": {"enum": ["ftp", "sftp"]}},

@@ -457,6 +457,54 @@ def test_robot_code_sftp_needs_host_key(logged_in, services, ids, saved_password
     assert values["location_source-port"] == "2222"
 
 
+def test_robot_code_carries_host_key_and_ftps(
+    logged_in, services, ids, saved_password_connector
+) -> None:
+    private_key, public_key = ssh_keys()
+    url = edit_url(saved_password_connector)
+
+    def to_sftp(data: dict[str, Any]) -> None:
+        data["source"] = {
+            "location": "sftp",
+            "host": "127.0.0.1",
+            "port": 2222,
+            "username": "mailroom",
+            "folder": "in",
+            "known_host_key": public_key,
+        }
+
+    response = robot_code_change(logged_in, url, to_sftp)
+    assert response.status_code == 200  # the private key is set in the form only
+    assert dict(read_form(response.text).values)["location_source-known_host_key"] == public_key
+
+    def to_ftps(data: dict[str, Any]) -> None:
+        data["source"] = {
+            "location": "ftp",
+            "host": "127.0.0.1",
+            "username": "ftpuser",
+            "folder": "in",
+            "ftp_tls": True,
+        }
+
+    page = logged_in.get(url).text
+    data = yaml.safe_load(dict(read_form(page).values)["robot_code"])
+    to_ftps(data)
+    response = submit(
+        logged_in,
+        url,
+        {"robot_code": yaml.safe_dump(data, sort_keys=False), "location_source-password": "pw"},
+    )
+    assert response.status_code == 302, read_form(response.text).errors
+    with services.db.session() as session:
+        connector = session.scalars(
+            sa.select(Connector).where(Connector.name == "Acme orders")
+        ).one()
+        assert connector.ftp_tls is True
+        exported = export_connector(connector)
+    assert exported["source"]["ftp_tls"] is True
+    assert "known_host_key" not in exported["source"]
+
+
 def test_export_import_round_trip(logged_in, services, ids) -> None:
     private_key, public_key = ssh_keys()
     submit(logged_in, NEW, folder_fields(ids))
@@ -474,6 +522,8 @@ def test_export_import_round_trip(logged_in, services, ids) -> None:
             assert copy.username == original.username
             if original.source_location != SourceLocation.FOLDER:
                 assert copy.port == original.port
+            assert copy.ftp_tls == original.ftp_tls
+            assert copy.known_host_key == original.known_host_key
             assert export_connector(copy) == {**exported, "name": f"{name} copy"}
             session.rollback()
 

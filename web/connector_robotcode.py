@@ -372,6 +372,8 @@ def _leaves() -> Iterator[tuple[Path, Converter]]:
         ("folder", "folder", "path"),
     ):
         yield ("source", key), _to_both(name, f"location_source-{location_name}")
+    for key in ("ftp_tls", "known_host_key"):
+        yield ("source", key), _to(f"location_source-{key}")
     yield ("source", "process_mail_after"), _process_mail_after
 
     for key in ("include_inline_images", "unpack_zip", "max_attempts"):
@@ -385,7 +387,7 @@ def _leaves() -> Iterator[tuple[Path, Converter]]:
         ("store_on_success", "store_success"),
         ("store_on_error", "store_error"),
     ):
-        for key in ("location", "path", "host", "port", "username"):
+        for key in ("location", "path", "host", "port", "username", "ftp_tls", "known_host_key"):
             yield (section, key), _to(f"{prefix}-{key}")
 
     # The two forms of a schedule exclude each other, so it is compared as a whole.
