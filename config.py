@@ -33,6 +33,8 @@ class Settings:
     beat_tick_seconds: float = 5.0
     oauth_providers: dict[str, dict[str, object]] = field(default_factory=dict)
     log_format: str = "text"
+    # Celery's lines for every beat tick and outbox dispatch; off keeps logs readable.
+    log_routine_tasks: bool = False
     testing: bool = False
     http_timeout: float = 15.0
     mail_timeout: float = 30.0
@@ -89,6 +91,10 @@ def load_settings(env_file: Path | None = None) -> Settings:
     if log_format not in ("text", "json"):
         raise ConfigError(f"LOG_FORMAT={log_format!r} is not valid; use text or json")
 
+    routine = os.environ.get("LOG_ROUTINE_TASKS", "0").strip().lower()
+    if routine not in ("0", "1", "false", "true", "no", "yes", ""):
+        raise ConfigError(f"LOG_ROUTINE_TASKS={routine!r} is not valid; use 1 or 0")
+
     return Settings(
         database_url=os.environ.get("DATABASE_URL") or f"sqlite:///{instance / 'mailroom.db'}",
         redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
@@ -100,6 +106,7 @@ def load_settings(env_file: Path | None = None) -> Settings:
         beat_tick_seconds=_env_float("BEAT_TICK_SECONDS", 5.0),
         oauth_providers=providers,
         log_format=log_format,
+        log_routine_tasks=routine in ("1", "true", "yes"),
         http_timeout=_env_float("HTTP_TIMEOUT", 15.0),
         mail_timeout=_env_float("MAIL_TIMEOUT", 30.0),
         fetch_batch_size=int(_env_float("FETCH_BATCH_SIZE", 50)),

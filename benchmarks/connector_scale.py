@@ -469,6 +469,8 @@ def celery_environment(
         "FILES_ROOT": str(workdir / "files"),
         "MAIL_CA_FILE": str(ca_file),
         "BEAT_TICK_SECONDS": f"{tick:g}",
+        # The tick counts are read from beat's and the workers' logs.
+        "LOG_ROUTINE_TASKS": "1",
         "LOG_FORMAT": "text",
     }
 

@@ -190,6 +190,8 @@ def app_env(tmp_path: Path, redis_server: str) -> dict[str, Any]:
         "ENCRYPTION_KEYS": key,
         "FILES_ROOT": str(tmp_path / "files"),
         "BEAT_TICK_SECONDS": "1",
+        # The test reads the tick's receipt from the control worker's log.
+        "LOG_ROUTINE_TASKS": "1",
         "MAIL_TIMEOUT": str(STALLED_SCAN_TIMEOUT),
         "LOG_FORMAT": "text",
     }

@@ -15,7 +15,7 @@ from web.security import safe_next
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     for name in ("SECRET_KEY", "ENCRYPTION_KEYS", "OAUTH_PROVIDERS", "MAIL_CA_FILE", "LOG_FORMAT",
-                 "BEAT_TICK_SECONDS", "DATABASE_URL"):  # fmt: skip
+                 "BEAT_TICK_SECONDS", "DATABASE_URL", "LOG_ROUTINE_TASKS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
@@ -44,6 +44,7 @@ def test_settings_need_encryption_keys(clean_env, tmp_path) -> None:
         ),
         ("LOG_FORMAT", "xml", "LOG_FORMAT='xml' is not valid; use text or json"),
         ("BEAT_TICK_SECONDS", "soon", "BEAT_TICK_SECONDS='soon' is not a number"),
+        ("LOG_ROUTINE_TASKS", "maybe", "LOG_ROUTINE_TASKS='maybe' is not valid; use 1 or 0"),
     ],
 )
 def test_settings_reject_bad_values(clean_env, tmp_path, name, value, message) -> None:
@@ -62,6 +63,7 @@ def test_settings_from_env_file(clean_env, tmp_path) -> None:
     settings = load_settings(env_file)
     assert settings.encryption_keys == (key,)
     assert settings.beat_tick_seconds == 2.0
+    assert settings.log_routine_tasks is False
     assert settings.database_url.startswith("sqlite:///")
     assert settings.database_url.endswith("instance/mailroom.db")
 

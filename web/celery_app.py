@@ -25,7 +25,8 @@ def celery_init_app(app: Flask, services: Services) -> Celery:
     celery.conf.broker_url = services.settings.redis_url
     celery.conf.beat_schedule = celery_config.beat_schedule(services.settings.beat_tick_seconds)
     celery.set_default()
-    quiet_routine_tasks((celery_config.BEAT_TICK_TASK, celery_config.OUTBOX_TASK))
+    if not services.settings.log_routine_tasks:
+        quiet_routine_tasks((celery_config.BEAT_TICK_TASK, celery_config.OUTBOX_TASK))
     for module in ("connectors", "outbox", "tokens"):
         celery.autodiscover_tasks(["tasks"], related_name=module, force=True)
 
