@@ -756,7 +756,7 @@ def deep_page_cursor(database_url: str, projects: int, deep_page: int) -> int:
     finally:
         engine.dispose()
     if cursor is None:
-        raise BenchmarkError("the database holds no project to page from")
+        raise BenchmarkError("no project found in the database; fill it with --jobs 4 or more")
     return int(cursor)
 
 

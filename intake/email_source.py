@@ -18,11 +18,13 @@ the folder before the move, so a crash during the move leaves a trace.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -301,14 +303,11 @@ class MailboxRun:
         computed while the pieces arrive and equals the hash of the whole
         message's bytes, as for a batch.
         """
-        with tempfile.TemporaryFile(dir=self.workdir) as spool:
-            hashing = HashingWriter(spool)
-            size = self.mailbox.fetch_into(uid, hashing)
-            if size is None:
+        with spool_message(self.mailbox, uid, self.workdir) as spooled:
+            if spooled is None:
                 logger.info("uid %s is no longer in the folder", uid)
                 return []
-            logger.debug("uid %s fetched in pieces, %d bytes", uid, size)
-            return self.prepare_fetched([(uid, spool, hashing.sha256.hexdigest())])
+            return self.prepare_fetched([(uid, spooled.file, spooled.sha256)])
 
     def prepare_fetched(
         self, fetched: Sequence[tuple[int, bytes | BinaryIO, str]]
@@ -509,7 +508,7 @@ class MailboxRun:
         self.move_quarantined()
 
 
-class HashingWriter:
+class _HashingWriter:
     """Writes to a file and computes the SHA-256 of everything written."""
 
     def __init__(self, out: BinaryIO) -> None:
@@ -519,6 +518,35 @@ class HashingWriter:
     def write(self, data: bytes, /) -> int:
         self.sha256.update(data)
         return self._out.write(data)
+
+
+@dataclass(frozen=True)
+class SpooledMessage:
+    """A message fetched into an open temporary file, with the SHA-256 of its bytes."""
+
+    file: BinaryIO
+    sha256: str
+
+
+@contextlib.contextmanager
+def spool_message(
+    mailbox: MailboxSession, uid: int, workdir: Path | str
+) -> Iterator[SpooledMessage | None]:
+    """Fetch one message in pieces into a temporary file; yield None when it is gone.
+
+    TemporaryFile removes the file's name at once (on Linux it never has one),
+    so the file is gone when closed, even after a crash. The hash is computed
+    while the pieces arrive and equals the hash of the whole message's bytes.
+    """
+    with tempfile.TemporaryFile(dir=workdir) as spool:
+        hashing = _HashingWriter(spool)
+        size = mailbox.fetch_into(uid, hashing)
+        if size is None:
+            yield None
+            return
+        logger.debug("uid %s fetched in pieces, %d bytes", uid, size)
+        spool.seek(0)
+        yield SpooledMessage(spool, hashing.sha256.hexdigest())
 
 
 def _from_start(raw: bytes | BinaryIO) -> bytes | BinaryIO:
@@ -559,4 +587,4 @@ def batches(
     return groups
 
 
-__all__ = ["HashingWriter", "MailboxError", "MailboxRun", "batches"]
+__all__ = ["MailboxError", "MailboxRun", "SpooledMessage", "batches", "spool_message"]

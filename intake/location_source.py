@@ -104,8 +104,8 @@ class LocationRun:
         ) as location:
             units = location.list_units()
             if only_keys is not None:
-                wanted = set(only_keys)
-                units = [unit for unit in units if unit_key(unit) in wanted]
+                selected = set(only_keys)
+                units = [unit for unit in units if unit_key(unit) in selected]
             self.outcome.messages_seen = len(units)
             states = self.ledger_states([unit_key(unit) for unit in units])
             prepared: list[tuple[PreparedMessage, Unit]] = []

@@ -25,7 +25,7 @@ from models import Aggregation, AuthMethod, Connector, RunStatus
 from robotcode import rules
 
 from .context import IntakeContext
-from .email_source import LARGE_MESSAGE_BYTES, MailboxRun, batches
+from .email_source import LARGE_MESSAGE_BYTES, MailboxRun, batches, spool_message
 from .jobs import ConnectorSettings
 from .location_source import LOCATION_UIDVALIDITY, LocationRun, source_settings, unit_key
 from .outcome import RunOutcome
@@ -185,11 +185,10 @@ def _describe_large(
 
     Returns None when the message was expunged before it could be read.
     """
-    with tempfile.TemporaryFile(dir=workdir) as spool:
-        if mailbox.fetch_into(uid, spool) is None:
+    with spool_message(mailbox, uid, workdir) as spooled:
+        if spooled is None:
             return None
-        spool.seek(0)
-        return _describe(settings, uid, spool, options, workdir)
+        return _describe(settings, uid, spooled.file, options, workdir)
 
 
 def _describe(

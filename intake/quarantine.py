@@ -12,12 +12,11 @@ finds the ledger row and only finishes the action, so no second job is made.
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 
 from models import LedgerState
 
-from .email_source import HashingWriter, MailboxRun
+from .email_source import MailboxRun, spool_message
 from .failures import get_failure, release
 from .jobs import find_earlier
 
@@ -83,15 +82,13 @@ class QuarantineRetry(MailboxRun):
             return
         # In pieces into a file, as a run reads a large message: a quarantined
         # message is often a large one.
-        with tempfile.TemporaryFile(dir=self.workdir) as spool:
-            hashing = HashingWriter(spool)
-            if self.mailbox.fetch_into(found, hashing) is None:
+        with spool_message(self.mailbox, found, self.workdir) as spooled:
+            if spooled is None:
                 self.not_found(moved)
                 return
-            content_hash = hashing.sha256.hexdigest()
             with self.ctx.db.session() as session:
-                earlier = find_earlier(session, self.settings.id, [content_hash])
-                message = self.prepare(session, moved.uid, spool, content_hash, earlier)
+                earlier = find_earlier(session, self.settings.id, [spooled.sha256])
+                message = self.prepare(session, moved.uid, spooled.file, spooled.sha256, earlier)
                 session.commit()
         if message is None:
             if self.outcome.messages_skipped:

@@ -145,6 +145,7 @@ def test_project_list_paginates_newest_first(logged_in, services) -> None:
     assert job_ids(back.text)[0] == newest_id
 
     assert logged_in.get("/projects?before=abc").status_code == 404
+    assert logged_in.get("/projects?before=%C2%B2").status_code == 404  # a Unicode digit
     assert logged_in.get("/projects?before=999999").status_code == 404
 
 
@@ -159,10 +160,10 @@ def test_job_list_cursors_walk_the_whole_list(logged_in, services) -> None:
         assert older is not None
         page = logged_in.get(older.group(1))
         pages.append(page)
-    for each in pages:
-        seen.extend(job_links(each.text))
+    for listed in pages:
+        seen.extend(job_links(listed.text))
     assert seen == [f"Project {number:02}" for number in range(120, 0, -1)]
-    assert [len(job_links(each.text)) for each in pages] == [50, 50, 20]
+    assert [len(job_links(listed.text)) for listed in pages] == [50, 50, 20]
 
     # Newer from the last page goes back to the middle page, a full one.
     middle_first = job_ids(pages[1].text)[0]
@@ -177,7 +178,7 @@ def test_job_list_cursors_walk_the_whole_list(logged_in, services) -> None:
     assert logged_in.get(f"/projects?before={quote_id}").status_code == 404
 
 
-def test_job_list_cursors_order_jobs_of_the_same_second_by_id(logged_in, services) -> None:
+def test_cursor_orders_ties_by_id(logged_in, services) -> None:
     with services.db.session() as session:
         client = Client(name="Lark Media")
         session.add_all(

@@ -162,7 +162,7 @@ class ConnectorForm(ScheduleFields, NotificationFields, StoreFields, RobotCodeFi
         description="Where the connector looks for input files: a mailbox, a folder inside "
         "the file store's locations folder, or a folder on an FTP or SFTP server.",
     )
-    # The server and path of a folder, FTP or SFTP source; the e-mail fields below
+    # The server and path of a folder, FTP or SFTP source. The e-mail fields below
     # are separate inputs, so switching the location in the form loses no value.
     location_source = FormField(LocationForm, "Folder, FTP or SFTP server")
     auth_method = RadioField(

@@ -168,7 +168,7 @@ def check_location(
 ) -> None:
     """Add an error to each field of ``fields`` that a ``location`` of this kind cannot use.
 
-    ``location`` is folder, ftp or sftp. The saved flags say whether an empty
+    ``location`` is folder, ftp or sftp. The saved flags tell whether an empty
     password or key input keeps a stored secret.
     """
     _check_path(fields, location)

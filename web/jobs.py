@@ -103,7 +103,7 @@ def _cursor(name: str) -> int | None:
     value = request.args.get(name)
     if value is None:
         return None
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         abort(404)
     return int(value)
 
