@@ -563,4 +563,7 @@ def test_test_connector_lists_location_source(logged_in, services, ids) -> None:
     assert "Listed the folder &#39;incoming/orders&#39; of the file store" in response.text
     assert "Leaflet.pdf" in response.text
     assert "Finish Test" in response.text
+    assert "1 file or folder in the folder is for this connector" in response.text
+    assert "Nothing was changed in the source." in response.text
+    assert "Sender" not in response.text
     assert (inbox / "Leaflet.pdf").exists()
